@@ -25,6 +25,7 @@ class TrainConfig(BaseModel):
     dataset: str = Field(
         "shapes", description="shapes | imagenet-100 | any Hugging Face dataset id | local path"
     )
+    cache_dir: Path = Field(Path("data"), description="where datasets are generated/cached")
     image_column: str = Field("image", description="image column of a Hugging Face dataset")
     label_column: str = Field("label", description="label column of a Hugging Face dataset")
     train_split: str = Field("train", description="split used for training and as kNN bank")
@@ -74,7 +75,9 @@ class TrainConfig(BaseModel):
         "auto", description="auto (continue from output-dir/checkpoint.pt), never, or a path"
     )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0 = off)")
-    eval_interval: int = Field(0, ge=0, description="evaluate every N epochs (0 = only at end)")
+    eval_interval: int = Field(
+        0, ge=0, description="evaluate on the test split every N epochs (0 = off)"
+    )
     max_steps: int = Field(0, ge=0, description="stop after N total steps (0 = all epochs)")
     dist_backend: Literal["auto", "nccl", "gloo"] = Field("auto")
     allow_large_queue: bool = Field(
@@ -134,9 +137,7 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> 
             )
 
 
-def build_model_from_args(
-    model: type[BaseModel], ns: argparse.Namespace, prog: str
-) -> BaseModel:
+def build_model_from_args(model: type[BaseModel], ns: argparse.Namespace, prog: str) -> BaseModel:
     values = {k: v for k, v in vars(ns).items() if k in model.model_fields and v is not None}
     try:
         return model(**values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -23,7 +25,7 @@ def parse_nesting_list(value: str | list[int] | tuple[int, ...]) -> list[int]:
         raise UsageError("--nesting-list is empty; give at least one dim, e.g. 8,16,32,64")
     if any(d <= 0 for d in dims):
         raise UsageError(f"--nesting-list dims must be positive, got {dims}")
-    if any(b <= a for a, b in zip(dims, dims[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(dims)):
         raise UsageError(f"--nesting-list must be strictly ascending, got {dims}")
     return dims
 

@@ -1,0 +1,168 @@
+"""Encoders and the MoCo v2 wrapper (one queue of full-dim keys, momentum encoder, shuffle BN)."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from trainer import distributed as dist
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BN whose training statistics are computed over `num_splits` interleaved sub-batches.
+
+    MoCo's single-GPU recipe: it mimics per-GPU BN so that shuffling the key batch across
+    splits stops the model from cheating through batch statistics. Sample n is in split
+    n % num_splits, which matches the rows each of num_splits DDP ranks would hold.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 1, **kw: Any):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.num_splits
+        n, c, h, w = x.shape
+        if not self.training or s == 1 or n % s:
+            return super().forward(x)
+        mean = self.running_mean.repeat(s)
+        var = self.running_var.repeat(s)
+        out = F.batch_norm(
+            x.reshape(n // s, c * s, h, w),
+            mean,
+            var,
+            self.weight.repeat(s),
+            self.bias.repeat(s),
+            True,
+            self.momentum,
+            self.eps,
+        ).view(n, c, h, w)
+        self.running_mean.copy_(mean.view(s, c).mean(0))
+        self.running_var.copy_(var.view(s, c).mean(0))
+        self.num_batches_tracked += 1
+        return out
+
+
+class ConvNet(nn.Module):
+    """Four conv-BN-ReLU blocks (32-64-128-256): the CPU-sized default backbone."""
+
+    def __init__(self, norm_layer=nn.BatchNorm2d, widths=(32, 64, 128, 256)):
+        super().__init__()
+        layers, c_in = [], 3
+        for i, c in enumerate(widths):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), norm_layer(c), nn.ReLU(True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def build_backbone(arch: str, image_size: int, norm_layer) -> tuple[nn.Module, int]:
+    if arch == "convnet":
+        net = ConvNet(norm_layer)
+        return net, net.out_dim
+    if arch not in ("resnet18", "resnet50"):
+        raise ValueError(f"unknown arch {arch!r}; allowed: convnet, resnet18, resnet50")
+    net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer)
+    if image_size <= 64:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    width = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, width
+
+
+class Encoder(nn.Module):
+    """Backbone + MoCo v2 MLP head. Its output is the D-dim Matryoshka embedding (raw)."""
+
+    def __init__(
+        self, arch: str, embed_dim: int, image_size: int, hidden: int = 0, bn_splits: int = 1
+    ):
+        super().__init__()
+        norm = partial(SplitBatchNorm, num_splits=bn_splits)
+        self.backbone, width = build_backbone(arch, image_size, norm)
+        hidden = hidden or width
+        self.head = nn.Sequential(
+            nn.Linear(width, hidden), nn.ReLU(True), nn.Linear(hidden, embed_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class MoCo(nn.Module):
+    """MoCo v2 with one queue of K raw full-dim keys, shared by every nesting dim."""
+
+    def __init__(self, encoder: Encoder, embed_dim: int, queue_size: int, momentum: float):
+        super().__init__()
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.m = momentum
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, embed_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """k = m * k + (1 - m) * q, for every parameter; BN buffers are the key encoder's own."""
+        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters(), strict=True):
+            pk.mul_(self.m).add_(pq.detach(), alpha=1 - self.m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write keys (already gathered from every rank, in rank order) at the pointer, wrapping."""
+        k = len(self.queue)
+        if k == 0:
+            return
+        keys = keys.detach().to(self.queue.dtype)[-k:]
+        ptr = int(self.queue_ptr)
+        idx = (ptr + torch.arange(len(keys), device=keys.device)) % k
+        self.queue[idx] = keys
+        self.queue_ptr.fill_((ptr + len(keys)) % k)
+
+    @torch.no_grad()
+    def keys(self, im_k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Keys with shuffle BN: permute the (global) batch, encode, undo the permutation."""
+        if generator is None:
+            return self.encoder_k(im_k)
+        gathered = dist.all_gather_cat(im_k)
+        perm = torch.randperm(len(gathered), generator=generator).to(im_k.device)
+        perm = dist.broadcast_(perm, src=0)
+        inverse = torch.argsort(perm)
+        n, rank = len(im_k), dist.get_rank()
+        mine = perm.view(-1, n)[rank]
+        k = self.encoder_k(gathered[mine])
+        k_all = dist.all_gather_cat(k)
+        return k_all[inverse].view(-1, n, k.shape[1])[rank]
+
+    def forward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None
+    ):
+        q = self.encoder_q(im_q)
+        self.momentum_update()
+        k = self.keys(im_k, generator)
+        return q, k
+
+
+def build_moco(cfg, bn_splits: int) -> MoCo:
+    encoder = Encoder(cfg.arch, cfg.embed_dim, cfg.image_size, cfg.mlp_hidden, bn_splits)
+    return MoCo(encoder, cfg.embed_dim, cfg.queue_size, cfg.moco_m)
+
+
+def load_encoder(state: dict, device: torch.device | str = "cpu") -> Encoder:
+    """The query encoder of a loaded checkpoint, in eval mode, on `device`."""
+    c = state["config"]
+    encoder = Encoder(c["arch"], c["nesting_list"][-1], c["image_size"], c.get("mlp_hidden", 0))
+    encoder.load_state_dict(state["encoder_q"])
+    return encoder.to(device).eval()

@@ -1,0 +1,290 @@
+"""The training loop: `python -m trainer.train` (also the torchrun entry point).
+
+Read it top to bottom: set up (process group, data, model, optimizer), resume, then epochs of
+MoCo steps with a checkpoint at every epoch end, every --checkpoint-every steps and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from trainer import distributed as dist
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig, parse_train_args
+from trainer.data import TrainData, load_splits
+from trainer.errors import UsageError, run_cli
+from trainer.loss import MoCoMatryoshkaLoss, training_weights
+from trainer.model import MoCo, build_moco
+from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+MAX_QUEUE_FRACTION = 0.25
+# Config fields a resumed run must share with its checkpoint.
+RESUME_MUST_MATCH = ("arch", "nesting_list", "image_size", "queue_size", "mlp_hidden", "dataset")
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves after the current step and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+
+def check_config(cfg: TrainConfig, n_train: int, world_size: int) -> None:
+    global_batch = cfg.batch_size * world_size
+    if cfg.queue_size % global_batch:
+        raise UsageError(
+            f"--queue-size {cfg.queue_size} must be a multiple of the global batch "
+            f"{global_batch} (--batch-size {cfg.batch_size} x {world_size} processes)"
+        )
+    if cfg.queue_size > MAX_QUEUE_FRACTION * n_train and not cfg.allow_large_queue:
+        raise UsageError(
+            f"--queue-size {cfg.queue_size} is {cfg.queue_size / n_train:.0%} of the "
+            f"{n_train} training images: each image would meet its own older key as a negative "
+            f"and training collapses; use at most {int(MAX_QUEUE_FRACTION * n_train)} "
+            "(or --allow-large-queue)"
+        )
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, world_size: int) -> float:
+    """Linear scaling (lr is for a global batch of 256), linear warm-up, then cosine decay."""
+    peak = cfg.lr * cfg.batch_size * world_size / 256
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def checkpoint_state(cfg, model: MoCo, optimizer, step: int, steps_per_epoch: int, world_size: int):
+    config = cfg.plain() | {
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "world_size": world_size,
+        "embed_dim": cfg.embed_dim,
+    }
+    return {
+        "config": config,
+        "encoder_q": model.encoder_q.state_dict(),
+        "encoder_k": model.encoder_k.state_dict(),
+        "queue": model.queue,
+        "queue_ptr": int(model.queue_ptr),
+        "optimizer": optimizer.state_dict(),
+        "scaler": {},
+        "epoch": step // steps_per_epoch,
+        "step": step,
+    }
+
+
+def resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        path = cfg.output_dir / "checkpoint.pt"
+        return path if path.exists() else None
+    path = Path(cfg.resume)
+    if not path.exists():
+        raise UsageError(f"--resume {path}: no such checkpoint (use auto, never or a path)")
+    return path
+
+
+def restore(cfg: TrainConfig, path: Path, model: MoCo, optimizer, device) -> int:
+    state = load_checkpoint(path, map_location=device)
+    saved = state["config"]
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != cfg.plain().get(key):
+            raise UsageError(
+                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
+                f"this run has {cfg.plain().get(key)!r} "
+                "(use another --output-dir or --resume never)"
+            )
+    model.encoder_q.load_state_dict(state["encoder_q"])
+    model.encoder_k.load_state_dict(state["encoder_k"])
+    model.queue.copy_(state["queue"])
+    model.queue_ptr.fill_(int(state["queue_ptr"]))
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def log_epoch(out_dir: Path, record: dict) -> None:
+    with open(out_dir / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def evaluate_now(encoder, cfg, device, env, writer, epoch: int) -> None:
+    from trainer.evaluate import evaluate_encoder  # evaluation imports the trainer, not the reverse
+
+    rows = evaluate_encoder(encoder, cfg, device, env.rank, env.world_size)
+    if writer is not None:
+        for row in rows:
+            writer.add_scalar(f"eval/knn_top1/dim_{row['dim']}", row["knn_top1"], epoch)
+            writer.add_scalar(f"eval/map_at_k/dim_{row['dim']}", row["map_at_k"], epoch)
+        summary = ", ".join(f"{r['dim']}:{r['knn_top1']:.3f}" for r in rows)
+        tqdm.write(f"epoch {epoch} kNN top-1 by dim: {summary}")
+
+
+def train(cfg: TrainConfig, environ=os.environ) -> dict:
+    env, device, _ = dist.setup(cfg.dist_backend, cfg.device, environ)
+    torch.manual_seed(cfg.seed)
+    if env.is_main:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        train_ds, _ = load_splits(cfg)  # rank 0 generates/downloads first
+    dist.barrier()
+    if not env.is_main:
+        train_ds, _ = load_splits(cfg)
+    check_config(cfg, len(train_ds), env.world_size)
+
+    data = TrainData(cfg, train_ds, env.rank, env.world_size, device)
+    spe = data.steps_per_epoch
+    total_steps = cfg.epochs * spe
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
+    if cfg.sync_bn and env.is_distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    cuda = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    optimizer = torch.optim.SGD(
+        model.encoder_q.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
+    loss_fn = MoCoMatryoshkaLoss(
+        cfg.nesting_list, cfg.temp, training_weights(cfg.nesting_list, cfg.loss_weights)
+    ).to(device)
+
+    step = 0
+    path = resume_path(cfg)
+    if path is not None:
+        step = restore(cfg, path, model, optimizer, device)
+        if env.is_main:
+            print(f"resumed from {path} at step {step} (epoch {step // spe})", file=sys.stderr)
+    # broadcast_buffers=False: the queue is identical on every rank by construction, and
+    # broadcasting a 65,536 x 2,048 queue every step would cost more than the step.
+    runner = (
+        DistributedDataParallel(model, broadcast_buffers=False) if env.is_distributed else model
+    )
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)
+    writer = SummaryWriter(str(cfg.output_dir / "tb"), purge_step=step) if env.is_main else None
+    stop = StopFlag()
+    state = lambda s: checkpoint_state(cfg, model, optimizer, s, spe, env.world_size)  # noqa: E731
+    ckpt = cfg.output_dir / "checkpoint.pt"
+    history: list[dict] = []
+
+    while step < total_steps:
+        epoch = step // spe
+        model.train()
+        bar = tqdm(
+            total=spe,
+            initial=step % spe,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not env.is_main,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        sums = torch.zeros(len(cfg.nesting_list), device=device)
+        n_steps, images, waited, t_epoch = 0, 0, 0.0, time.perf_counter()
+        t_ready = time.perf_counter()
+        for im_q, im_k in data.epoch(epoch, step % spe):
+            waited += time.perf_counter() - t_ready
+            if cuda:
+                im_q = im_q.contiguous(memory_format=torch.channels_last)
+                im_k = im_k.contiguous(memory_format=torch.channels_last)
+            lr = learning_rate(cfg, step, spe, env.world_size)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            shuffle = (
+                torch.Generator().manual_seed(cfg.seed * 7919 + step)
+                if cfg.shuffle_bn and not cfg.sync_bn
+                else None
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                q, k = runner(im_q, im_k, shuffle)
+            loss, per_dim = loss_fn(q, k, model.queue)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.enqueue(dist.all_gather_cat(k.float()))
+            step += 1
+            n_steps += 1
+            images += len(im_q) * env.world_size
+            per_dim = dist.all_reduce_mean(per_dim.detach())
+            sums += per_dim
+            if env.is_main:
+                rate = images / (time.perf_counter() - t_epoch)
+                bar.set_postfix(loss=f"{per_dim.mean().item():.3f}", img_s=f"{rate:.0f}")
+                bar.update()
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", lr, step)
+                for d, value in zip(cfg.nesting_list, per_dim.tolist(), strict=True):
+                    writer.add_scalar(f"train/loss_dim_{d}", value, step)
+            if stop.signum is not None or step >= total_steps:
+                break
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and env.is_main:
+                save_checkpoint(state(step), ckpt)
+            t_ready = time.perf_counter()
+        bar.close()
+        if stop.signum is not None:
+            # No collectives here: the other ranks got the same signal and are leaving too.
+            if env.is_main:
+                save_checkpoint(state(step), ckpt)
+                print(
+                    f"signal {stop.signum}: saved step {step} to {ckpt}, exiting", file=sys.stderr
+                )
+            writer and writer.close()
+            return {"step": step, "stopped": True, "history": history}
+        elapsed = time.perf_counter() - t_epoch
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss_per_dim": dict(
+                zip(map(str, cfg.nesting_list), (sums / max(n_steps, 1)).tolist(), strict=True)
+            ),
+            "images_per_s": images / elapsed,
+            "data_wait_fraction": waited / elapsed,
+        }
+        history.append(record)
+        if env.is_main:
+            writer.add_scalar("train/images_per_s", record["images_per_s"], step)
+            writer.add_scalar("train/data_wait_fraction", record["data_wait_fraction"], step)
+            save_checkpoint(state(step), ckpt)
+            log_epoch(cfg.output_dir, record)
+        epoch_done = step % spe == 0
+        if cfg.eval_interval and epoch_done and (epoch + 1) % cfg.eval_interval == 0:
+            evaluate_now(model.encoder_q, cfg, device, env, writer, epoch + 1)
+    if writer is not None:
+        writer.close()
+    dist.cleanup()
+    return {"step": step, "stopped": False, "history": history}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_train_args(argv)
+    result = train(cfg)
+    if result["history"] and not result["stopped"]:
+        first, last = result["history"][0], result["history"][-1]
+        fmt = lambda r: " ".join(f"{d}:{v:.3f}" for d, v in r["loss_per_dim"].items())  # noqa: E731
+        print(f"loss per dim, epoch {first['epoch']}: {fmt(first)}", file=sys.stderr)
+        print(f"loss per dim, epoch {last['epoch']}: {fmt(last)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, "python -m trainer.train")
