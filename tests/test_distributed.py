@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainer import distributed as d
+from trainer import train_distributed
 from trainer.errors import UsageError
 
 A100_MIG = """\
@@ -282,3 +283,40 @@ def test_two_process_gloo_collectives():
         assert torch.equal(gathered, want)  # rank order
         assert torch.equal(perm, results[0][4])
         assert mean.item() == pytest.approx(0.5)
+
+
+# --- the launcher's flags (no processes) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["--num-gpus", "0"], ["--num-gpus", "two"], ["--num-gpus", "2", "--max-restarts", "-1"]],
+)
+def test_launcher_bad_flags_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_distributed.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err
+
+
+def test_launcher_passes_unknown_flags_through():
+    ns, rest = train_distributed.parse_args(
+        ["--num-gpus", "2", "--epochs", "1", "--max-restarts", "1", "--batch-size", "8"]
+    )
+    assert (ns.num_gpus, ns.max_restarts, ns.nnodes) == (2, 1, (1, 1))
+    assert rest == ["--epochs", "1", "--batch-size", "8"]
+
+
+def test_launcher_standalone_and_multi_node_rendezvous():
+    single = train_distributed.launch_config(train_distributed.parse_args(["--num-gpus", "3"])[0])
+    assert (single.nproc_per_node, single.rdzv_backend, single.rdzv_endpoint) == (
+        3,
+        "c10d",
+        "localhost:0",
+    )
+    argv = ["--num-gpus", "1", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29511"]
+    multi = train_distributed.launch_config(train_distributed.parse_args(argv)[0])
+    assert (multi.min_nodes, multi.max_nodes, multi.rdzv_endpoint) == (2, 2, "127.0.0.1:29511")
+    with pytest.raises(UsageError, match="--rdzv-endpoint"):
+        train_distributed.launch_config(train_distributed.parse_args(argv[:4])[0])
