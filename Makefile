@@ -56,3 +56,61 @@ test-slow: $(STAMP) ## the slow tests (multi-process DDP, fault injection, real 
 
 clean: ## remove the venv and runs/
 	rm -rf $(VENV) runs
+
+# Containers and Kubernetes (docs/KUBERNETES.md). OVERLAY picks k8s/overlays/<name>.
+VARIANT ?= cpu
+IMAGE_REPO ?= moco-matryoshka
+DOCKERFILES := docker/trainer.Dockerfile docker/server.Dockerfile
+OVERLAY ?= cpu
+K8S_OVERLAYS := gpu mig cpu
+# Oldest supported (Job pod failure policy GA) and newest the offline schemas know.
+K8S_VERSIONS ?= 1.31.0 1.37.0
+K8S_NS ?=
+K8S_WAIT ?= 30m
+COMPONENT ?= train
+KUBECTL ?= kubectl
+KCTL := $(KUBECTL) $(if $(K8S_NS),--namespace $(K8S_NS))
+KAPPLY = $(KCTL) apply -k k8s/overlays/$(OVERLAY) -l 'app.kubernetes.io/component in (config,storage,$(1))'
+
+k8s-validate: $(STAMP) ## render every k8s overlay, validate it offline (strict), hadolint the Dockerfiles
+	@command -v $(KUBECTL) >/dev/null || { echo "k8s-validate: '$(KUBECTL)' not found; it renders the overlays (kubectl kustomize)" >&2; exit 1; }
+	@set -eo pipefail; for o in $(K8S_OVERLAYS); do for v in $(K8S_VERSIONS); do \
+		$(KUBECTL) kustomize k8s/overlays/$$o | \
+			$(VENV)/bin/kubernetes-validate --strict --quiet -k $$v -; \
+		echo "k8s/overlays/$$o: valid (Kubernetes $$v, strict)"; \
+	done; done
+	$(VENV)/bin/hadolint $(DOCKERFILES)
+	@echo "hadolint: $(DOCKERFILES) clean"
+
+k8s-train: ## train on Kubernetes (OVERLAY=gpu|mig|cpu); a rerun restarts the Job, which resumes
+	$(KCTL) delete job moco-train --ignore-not-found --wait
+	$(call KAPPLY,train)
+
+k8s-eval: ## evaluate the run's checkpoint on Kubernetes -> /runs/<name>/eval.json
+	$(KCTL) delete job moco-eval --ignore-not-found --wait
+	$(call KAPPLY,eval)
+	$(KCTL) wait --for=condition=complete --timeout=$(K8S_WAIT) job/moco-eval
+	$(KCTL) logs job/moco-eval --tail=40
+
+k8s-serve: ## build the index, then deploy the server (API key Secret created if missing)
+	@$(KCTL) get secret moco-api-key >/dev/null 2>&1 || \
+		$(KCTL) create secret generic moco-api-key \
+			--from-literal=api-key="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')"
+	$(KCTL) delete job moco-index --ignore-not-found --wait
+	$(call KAPPLY,index)
+	$(KCTL) wait --for=condition=complete --timeout=$(K8S_WAIT) job/moco-index
+	$(call KAPPLY,server)
+	$(KCTL) rollout status deployment/moco-server --timeout=$(K8S_WAIT)
+	$(KCTL) rollout status deployment/moco-server-writer --timeout=$(K8S_WAIT)
+
+k8s-logs: ## follow the logs of COMPONENT=train|eval|index|server on Kubernetes
+	$(KCTL) logs -f --prefix --tail=100 --max-log-requests=32 \
+		-l app.kubernetes.io/component=$(COMPONENT)
+
+docker-build: ## build the trainer and server images (VARIANT=cpu|gpu); needs a Docker engine
+	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine reachable ('docker info' failed); nothing built" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 docker build -f docker/trainer.Dockerfile --build-arg VARIANT=$(VARIANT) \
+		-t $(IMAGE_REPO)/trainer:$(VARIANT) .
+	DOCKER_BUILDKIT=1 docker build -f docker/server.Dockerfile --build-arg VARIANT=$(VARIANT) \
+		-t $(IMAGE_REPO)/server:$(VARIANT) .
+	docker image ls --filter reference='$(IMAGE_REPO)/*:$(VARIANT)'
