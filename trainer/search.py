@@ -39,19 +39,27 @@ def _check_dim(x: np.ndarray, dim: int, what: str) -> None:
 
 
 def build_index(
-    bank: np.ndarray, dim: int, *, use_gpu: bool | None = None, add_chunk: int = 65536
+    bank: np.ndarray,
+    dim: int,
+    *,
+    use_gpu: bool | None = None,
+    gpu_device: int = 0,
+    add_chunk: int = 65536,
 ) -> faiss.Index:
     """IndexFlatIP over the bank's normalised `dim`-prefixes (GPU when available).
 
-    use_gpu=None picks the GPU when FAISS sees one. The bank is normalised chunk by chunk,
-    so a 1.28M x 2048 bank needs its own memory plus the index, never a second full copy.
+    use_gpu=None picks the GPU when FAISS sees one; gpu_device is the CUDA ordinal (a rank's
+    own GPU under torchrun). The bank is normalised chunk by chunk, so a 1.28M x 2048 bank
+    needs its own memory plus the index, never a second full copy.
     """
     _check_dim(bank, dim, "bank")
     if use_gpu is None:
         use_gpu = gpu_count() > 0
     if use_gpu:
         resources = faiss.StandardGpuResources()
-        index = faiss.GpuIndexFlatIP(resources, dim)
+        config = faiss.GpuIndexFlatConfig()
+        config.device = gpu_device
+        index = faiss.GpuIndexFlatIP(resources, dim, config)
         index.referenced_objects = [resources]
     else:
         index = faiss.IndexFlatIP(dim)

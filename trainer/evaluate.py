@@ -1,0 +1,346 @@
+"""Evaluation: kNN top-1 and mAP@k at every nesting dim, from a checkpoint or saved embeddings.
+
+Embeddings are extracted once at full dim; every dim is scored by slicing and renormalising
+(trainer.search). One search per dim with k_max = max(k, map_k) feeds both metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig, make_parser
+from trainer.errors import UsageError, run_cli
+from trainer.metrics import average_precision_at_k, knn_predict
+from trainer.nesting import default_dims, parse_nesting_list
+from trainer.report import load_result, markdown_table, plot, run_label
+from trainer.search import build_index, search_index, set_threads
+
+PROG = "python -m trainer.evaluate"
+NPZ_KEYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def check_embeddings(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    dims: list[int],
+    k: int,
+    map_k: int,
+) -> None:
+    """Refuse anything the metrics would silently get wrong, with a one-line UsageError."""
+    for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if x.ndim != 2 or y.ndim != 1:
+            raise UsageError(f"{name}_x must be [N, D] and {name}_y [N], got {x.shape}, {y.shape}")
+        if len(x) != len(y):
+            raise UsageError(f"{name}_x has {len(x)} rows but {name}_y has {len(y)} labels")
+        if len(x) == 0:
+            raise UsageError(f"the {name} split is empty")
+        if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+            raise UsageError(f"{name}_x contains NaN, inf or non-numbers")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise UsageError(f"{name}_y must hold integer labels, got dtype {y.dtype}")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise UsageError(f"train_x width {train_x.shape[1]} != test_x width {test_x.shape[1]}")
+    width = train_x.shape[1]
+    if dims[-1] > width:
+        raise UsageError(f"dim {dims[-1]} is larger than the embedding width {width}")
+    if k < 1 or map_k < 1:
+        raise UsageError(f"--k and --map-k must be >= 1, got {k} and {map_k}")
+    if max(k, map_k) > len(train_x):
+        raise UsageError(
+            f"k={max(k, map_k)} is larger than the bank (train split has {len(train_x)} items)"
+        )
+
+
+def score_dims(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    dims: list[int],
+    k: int,
+    map_k: int,
+    *,
+    use_gpu: bool | None = None,
+    gpu_device: int = 0,
+) -> np.ndarray:
+    """[len(dims), 2] sums over the given queries: (correct kNN votes, AP@map_k)."""
+    sums = np.zeros((len(dims), 2), dtype=np.float64)
+    if len(test_x) == 0:
+        return sums
+    k_max = max(k, map_k)
+    for row, dim in enumerate(dims):
+        index = build_index(train_x, dim, use_gpu=use_gpu, gpu_device=gpu_device)
+        scores, ids = search_index(index, test_x[:, :dim], k_max)
+        del index
+        sums[row, 0] = np.sum(knn_predict(scores, ids, train_y, k) == test_y)
+        sums[row, 1] = np.sum(average_precision_at_k(ids, train_y, test_y, map_k))
+    return sums
+
+
+def metric_rows(sums: np.ndarray, n_test: int, dims: list[int], k: int, map_k: int) -> list[dict]:
+    """The JSON rows of DESIGN.md from summed scores."""
+    return [
+        {
+            "dim": int(d),
+            "knn_top1": float(s[0] / n_test),
+            "map_at_k": float(s[1] / n_test),
+            "k": k,
+            "map_k": map_k,
+        }
+        for d, s in zip(dims, sums, strict=True)
+    ]
+
+
+def evaluate_embeddings(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    dims: list[int],
+    k: int = 20,
+    map_k: int = 10,
+    *,
+    use_gpu: bool | None = None,
+    threads: int | None = None,
+) -> list[dict]:
+    """One metrics row per dim, all from the same full-dim embeddings."""
+    check_embeddings(train_x, train_y, test_x, test_y, dims, k, map_k)
+    set_threads(threads)
+    sums = score_dims(train_x, train_y, test_x, test_y, dims, k, map_k, use_gpu=use_gpu)
+    return metric_rows(sums, len(test_x), dims, k, map_k)
+
+
+def _cuda_ordinal(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def evaluate_encoder(
+    encoder: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device | str,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    k: int = 20,
+    map_k: int = 10,
+    batch_size: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> list[dict]:
+    """In-training evaluation on cfg's test split; every rank must call it, all get the rows.
+
+    Each rank embeds its share of both splits (all-gathered), then scores its share of the
+    test queries against the whole bank; the sums are all-reduced.
+    """
+    from trainer.data import load_splits
+    from trainer.embed import extract_embeddings
+    from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
+
+    device = torch.device(device)
+    preprocess = EvalPreprocess(cfg.image_size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+    train_ds, test_ds = load_splits(cfg)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        embedded = [
+            extract_embeddings(
+                encoder,
+                ds,
+                preprocess,
+                cfg.image_column,
+                cfg.label_column,
+                device,
+                batch_size or cfg.batch_size,
+                rank,
+                world_size,
+                desc=f"embed {name}",
+            )
+            for name, ds in (("train", train_ds), ("test", test_ds))
+        ]
+    finally:
+        encoder.train(was_training)
+    (train_x, train_y), (test_x, test_y) = embedded
+    dims = list(cfg.nesting_list)
+    check_embeddings(train_x, train_y, test_x, test_y, dims, k, map_k)
+    set_threads(torch.get_num_threads())
+    mine = slice(rank, None, world_size)
+    sums = score_dims(
+        train_x,
+        train_y,
+        test_x[mine],
+        test_y[mine],
+        dims,
+        k,
+        map_k,
+        use_gpu=None if device.type == "cuda" else False,
+        gpu_device=_cuda_ordinal(device),
+    )
+    if world_size > 1:
+        import torch.distributed as dist
+
+        on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        total = torch.from_numpy(sums).to(on)
+        dist.all_reduce(total)
+        sums = total.cpu().numpy()
+    return metric_rows(sums, len(test_x), dims, k, map_k)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, ...]:
+    """The four arrays of an --embeddings file, or a one-line UsageError."""
+    if not path.is_file():
+        raise UsageError(f"--embeddings {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in NPZ_KEYS if key not in npz.files]
+            if missing:
+                raise UsageError(
+                    f"--embeddings {path} lacks {', '.join(missing)} "
+                    f"(needs arrays {', '.join(NPZ_KEYS)})"
+                )
+            return tuple(npz[key] for key in NPZ_KEYS)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"--embeddings {path}: not a readable .npz ({type(e).__name__})") from None
+
+
+def _config_from_checkpoint(state: dict, args) -> TrainConfig:
+    saved = {k: v for k, v in state["config"].items() if k in TrainConfig.model_fields}
+    if args.dataset:
+        saved["dataset"] = args.dataset
+    if args.cache_dir:
+        saved["cache_dir"] = args.cache_dir
+    try:
+        return TrainConfig(**saved)
+    except Exception as e:
+        raise UsageError(
+            f"checkpoint {args.checkpoint}: its config is not usable ({str(e).splitlines()[0]})"
+        ) from None
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def embed_checkpoint(args) -> tuple[tuple[np.ndarray, ...], dict, TrainConfig]:
+    """Load the checkpoint, embed both splits once at full dim."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data import load_splits
+    from trainer.embed import extract_embeddings
+    from trainer.model import load_encoder
+    from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
+
+    state = load_checkpoint(args.checkpoint)
+    config = state["config"]
+    cfg = _config_from_checkpoint(state, args)
+    device = _pick_device(args.device)
+    encoder = load_encoder(state, device)
+    if args.random_init:
+        torch.manual_seed(cfg.seed)
+        for module in encoder.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    preprocess = EvalPreprocess(
+        cfg.image_size, config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
+    )
+    train_ds, test_ds = load_splits(cfg)
+    arrays = []
+    for name, ds in (("train", train_ds), ("test", test_ds)):
+        x, y = extract_embeddings(
+            encoder,
+            ds,
+            preprocess,
+            cfg.image_column,
+            cfg.label_column,
+            device,
+            args.batch_size,
+            workers=args.workers,
+            desc=f"embed {name}",
+        )
+        arrays += [x, y]
+    return tuple(arrays), state, cfg
+
+
+def build_parser():
+    parser = make_parser(PROG, "kNN top-1 and mAP@k at every nesting dim.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a trainer checkpoint.pt")
+    source.add_argument(
+        "--embeddings", type=Path, help="an .npz with train_x, train_y, test_x, test_y"
+    )
+    parser.add_argument("--dataset", help="override the checkpoint's dataset (or name an npz)")
+    parser.add_argument("--cache-dir", type=Path, help="dataset cache (default: the checkpoint's)")
+    parser.add_argument("--output", type=Path, default=Path("eval.json"), help="JSON results")
+    parser.add_argument("--k", type=int, default=20, help="kNN neighbours (default: 20)")
+    parser.add_argument("--map-k", type=int, default=10, help="mAP cut-off (default: 10)")
+    parser.add_argument("--nesting-list", help="dims to score, e.g. 8,16,32 (default: the model's)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="eval.json to overlay (repeatable)",
+    )
+    parser.add_argument("--plot", type=Path, help="PNG plot (default: --output with .png)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--label", help="name of this run in the table and plot")
+    parser.add_argument("--batch-size", type=int, default=256, help="extraction batch size")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for extraction")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, help="FAISS CPU threads (default: all cores)")
+    parser.add_argument(
+        "--random-init", action="store_true", help="score the checkpoint's network re-initialised"
+    )
+    parser.add_argument("--save-embeddings", type=Path, help="also write the extracted .npz")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.workers < 0 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--batch-size and --threads must be >= 1, --workers >= 0")
+    compare = [load_result(p) for p in args.compare]
+    if args.embeddings:
+        if args.random_init:
+            raise UsageError("--random-init needs --checkpoint")
+        arrays = load_npz(args.embeddings)
+        source = {"checkpoint": None, "dataset": args.dataset or str(args.embeddings)}
+        model_dims = default_dims(arrays[0].shape[1]) if arrays[0].ndim == 2 else [1]
+    else:
+        arrays, state, cfg = embed_checkpoint(args)
+        source = {"checkpoint": str(args.checkpoint), "dataset": cfg.dataset}
+        model_dims = list(state["config"]["nesting_list"])
+    dims = parse_nesting_list(args.nesting_list) if args.nesting_list else model_dims
+    if args.save_embeddings:
+        args.save_embeddings.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.save_embeddings, **dict(zip(NPZ_KEYS, arrays, strict=True)))
+    rows = evaluate_embeddings(*arrays, dims, args.k, args.map_k, threads=args.threads)
+    result = {**source, "n_train": len(arrays[0]), "n_test": len(arrays[2]), "metrics": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    label = args.label or ("random-init" if args.random_init else run_label(result, args.output))
+    results = [result, *compare]
+    labels = [label, *(run_label(r, p) for r, p in zip(compare, args.compare, strict=True))]
+    print(markdown_table(results, labels))
+    if not args.no_plot:
+        plot_path = args.plot or args.output.with_suffix(".png")
+        plot(results, labels, plot_path)
+        print(f"wrote {args.output} and {plot_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, PROG)
