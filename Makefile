@@ -114,3 +114,24 @@ docker-build: ## build the trainer and server images (VARIANT=cpu|gpu); needs a 
 	DOCKER_BUILDKIT=1 docker build -f docker/server.Dockerfile --build-arg VARIANT=$(VARIANT) \
 		-t $(IMAGE_REPO)/server:$(VARIANT) .
 	docker image ls --filter reference='$(IMAGE_REPO)/*:$(VARIANT)'
+
+# make compare: Matryoshka vs the fixed-dim baseline (vs random init), every dim, one plot.
+comma := ,
+COMPARE_DIR ?= runs
+COMPARE_DIMS ?= 8,16,32,64,128,256
+COMPARE_TRAIN := $(PY) -m trainer.train --dataset $(DATASET) --arch $(ARCH) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+COMPARE_EVAL := $(PY) -m trainer.evaluate --nesting-list $(COMPARE_DIMS)
+
+compare: $(STAMP) ## train Matryoshka + the single-dim baseline, overlay -> $(COMPARE_DIR)/compare.png/.md
+	$(COMPARE_TRAIN) --nesting-list $(COMPARE_DIMS) --output-dir $(COMPARE_DIR)/default
+	$(COMPARE_TRAIN) --nesting-list $(lastword $(subst $(comma), ,$(COMPARE_DIMS))) \
+		--output-dir $(COMPARE_DIR)/baseline
+	$(COMPARE_EVAL) --checkpoint $(COMPARE_DIR)/baseline/checkpoint.pt \
+		--output $(COMPARE_DIR)/baseline/eval.json
+	$(COMPARE_EVAL) --checkpoint $(COMPARE_DIR)/default/checkpoint.pt --random-init \
+		--output $(COMPARE_DIR)/random-init/eval.json
+	set -o pipefail; $(COMPARE_EVAL) --checkpoint $(COMPARE_DIR)/default/checkpoint.pt --label matryoshka \
+		--output $(COMPARE_DIR)/default/eval.json --plot $(COMPARE_DIR)/compare.png \
+		--compare $(COMPARE_DIR)/baseline/eval.json --compare $(COMPARE_DIR)/random-init/eval.json \
+		| tee $(COMPARE_DIR)/compare.md
