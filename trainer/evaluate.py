@@ -18,7 +18,7 @@ from trainer.errors import UsageError, run_cli
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import default_dims, parse_nesting_list
 from trainer.report import load_result, markdown_table, plot, run_label
-from trainer.search import build_index, search_index, set_threads
+from trainer.search import GPU_MAX_K, build_index, gpu_count, search_index, set_threads
 
 PROG = "python -m trainer.evaluate"
 NPZ_KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -75,6 +75,8 @@ def score_dims(
     if len(test_x) == 0:
         return sums
     k_max = max(k, map_k)
+    if use_gpu is None:
+        use_gpu = gpu_count() > 0 and k_max <= GPU_MAX_K
     for row, dim in enumerate(dims):
         index = build_index(train_x, dim, use_gpu=use_gpu, gpu_device=gpu_device)
         scores, ids = search_index(index, test_x[:, :dim], k_max)
@@ -146,6 +148,8 @@ def evaluate_encoder(
     from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
 
     device = torch.device(device)
+    # a DDP wrapper would sync buffers on every forward; ranks run different batch counts
+    encoder = getattr(encoder, "module", encoder)
     preprocess = EvalPreprocess(cfg.image_size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
     train_ds, test_ds = load_splits(cfg)
     was_training = encoder.training
