@@ -337,3 +337,16 @@ def test_cpu_overlay_argv_runs_against_local_code(tmp_path: Path) -> None:
         assert r.returncode == 0, f"{name}: " + r.stdout[-3000:] + r.stderr[-3000:]
     if importlib.util.find_spec("trainer.evaluate") is not None:
         assert (run / "eval.json").is_file()
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_trainer_argv_parses(overlay: str) -> None:
+    """Cheap drift guard for the overlays the slow test cannot run (gpu, mig)."""
+    from trainer.config import parse_train_args
+
+    torchrun = argv(overlay, "Job", "moco-train")[4:]
+    cfg = parse_train_args(torchrun[torchrun.index("-m") + 2 :])
+    env = env_of(overlay, container(obj(overlay, "Job", "moco-train")))
+    assert cfg.dataset == env["DATASET"] and cfg.dist_backend == env["DIST_BACKEND"]
+    assert str(cfg.output_dir) == f"/runs/{env['RUN_NAME']}"
