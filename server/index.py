@@ -1,0 +1,155 @@
+"""`python -m server.index build`: embed a dataset split once into an index folder.
+
+Vectors come from trainer.embed.extract_embeddings with trainer.preprocess, exactly what
+the evaluator extracts, and the folder records the checkpoint's fingerprint so a server
+with another checkpoint refuses it. The folder is written beside the target and renamed
+into place, so servers never see a half-built index.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from server.store import write_generation
+from trainer.checkpoint import checkpoint_fingerprint, load_checkpoint
+from trainer.config import TrainConfig, make_parser
+from trainer.data import load_dataset_dict
+from trainer.embed import extract_embeddings
+from trainer.errors import UsageError, run_cli
+from trainer.model import load_encoder
+from trainer.preprocess import EvalPreprocess
+
+PROG = "python -m server.index"
+
+
+def build_index_folder(
+    checkpoint: Path,
+    dataset: str,
+    split: str,
+    out: Path,
+    *,
+    cache_dir: Path = Path("data"),
+    image_column: str = "image",
+    label_column: str = "label",
+    batch_size: int = 256,
+    workers: int = 0,
+    device: str = "cpu",
+    limit: int = 0,
+    force: bool = False,
+) -> dict:
+    """Embed `dataset[split]` with the checkpoint and publish the index folder at `out`."""
+    out = Path(out)
+    if (out / "manifest.json").exists() and not force:
+        raise UsageError(f"{out} already holds an index; pass --force to replace it")
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    cfg = TrainConfig(
+        dataset=dataset,
+        cache_dir=cache_dir,
+        image_size=config["image_size"],
+        seed=config.get("seed", 0),
+        image_column=image_column,
+        label_column=label_column,
+    )
+    dd = load_dataset_dict(cfg)
+    if split not in dd:
+        raise UsageError(f"--split {split!r} not in dataset {dataset} (splits: {', '.join(dd)})")
+    ds = dd[split]
+    for col in (image_column, label_column):
+        if col not in ds.column_names:
+            raise UsageError(
+                f"split {split} of {dataset} has no column {col!r} "
+                f"(columns: {', '.join(ds.column_names)})"
+            )
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    encoder = load_encoder(state, device)
+    x, y = extract_embeddings(
+        encoder,
+        ds,
+        EvalPreprocess.from_config(config),
+        image_column,
+        label_column,
+        device,
+        batch_size=batch_size,
+        workers=workers,
+        desc=f"index {split}",
+    )
+    names = getattr(ds.features.get(label_column), "names", None)
+    items = [
+        {
+            "id": f"{split}-{i}",
+            "label": int(label),
+            "metadata": {"class": names[label]} if names else None,
+        }
+        for i, label in enumerate(y.tolist())
+    ]
+    info = {
+        "checkpoint": str(checkpoint),
+        "fingerprint": checkpoint_fingerprint(state),
+        "step": int(state["step"]),
+        "nesting_list": list(config["nesting_list"]),
+        "dataset": dataset,
+        "split": split,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = out.with_name(f".{out.name}.building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_generation(tmp, 0, x.shape[1], len(x), [x], items, info)
+    _publish(tmp, out)
+    return {"out": str(out), "count": len(x), "width": int(x.shape[1])}
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished folder into place (the old one, if any, is removed after)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(PROG, "Build a server index folder from a dataset split.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="embed a dataset split into an index folder")
+    b.add_argument("--checkpoint", type=Path, required=True)
+    b.add_argument("--dataset", required=True, help="shapes, imagenet-100, HF id or local path")
+    b.add_argument("--split", default="train")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--cache-dir", type=Path, default=Path("data"))
+    b.add_argument("--image-column", default="image")
+    b.add_argument("--label-column", default="label")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--workers", type=int, default=0)
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.add_argument("--limit", type=int, default=0, help="index only the first N items")
+    b.add_argument("--force", action="store_true", help="replace an existing index")
+    ns = parser.parse_args(argv)
+    if ns.batch_size < 1 or ns.limit < 0:
+        raise UsageError("--batch-size must be >= 1 and --limit >= 0")
+    result = build_index_folder(
+        ns.checkpoint,
+        ns.dataset,
+        ns.split,
+        ns.out,
+        cache_dir=ns.cache_dir,
+        image_column=ns.image_column,
+        label_column=ns.label_column,
+        batch_size=ns.batch_size,
+        workers=ns.workers,
+        device=ns.device,
+        limit=ns.limit,
+        force=ns.force,
+    )
+    print(f"indexed {result['count']} items ({result['width']}-dim) into {result['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, PROG)
