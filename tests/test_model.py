@@ -1,0 +1,69 @@
+import torch
+
+from trainer.model import MoCo, SplitBatchNorm, build_moco
+
+
+def small_moco(tiny_config, **kw):
+    return build_moco(tiny_config(**kw), bn_splits=1)
+
+
+def test_queue_enqueue_wraps_around(tiny_config):
+    model = small_moco(tiny_config, queue_size=64, nesting_list=[8, 16, 32])
+    model.queue.zero_()
+    for i in range(5):  # 5 x 24 = 120 keys into 64 slots: wraps once, pointer at 56
+        model.enqueue(torch.full((24, 32), float(i + 1)))
+    assert int(model.queue_ptr) == 120 % 64
+    expected = torch.zeros(64)
+    for i in range(5):
+        for j in range(24):
+            expected[(i * 24 + j) % 64] = i + 1
+    torch.testing.assert_close(model.queue[:, 0], expected)
+
+
+def test_enqueue_stores_raw_full_dim_keys(tiny_config):
+    model = small_moco(tiny_config, queue_size=64, nesting_list=[8, 16, 32])
+    keys = torch.randn(32, 32) * 5
+    model.enqueue(keys)
+    torch.testing.assert_close(model.queue[:32], keys)
+    assert model.queue.shape == (64, 32)  # one queue, full dim: no per-dim queues
+
+
+def test_momentum_update_rule(tiny_config):
+    model: MoCo = small_moco(tiny_config)
+    model.m = 0.9
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(torch.randn_like(p))
+    before_k = [p.clone() for p in model.encoder_k.parameters()]
+    q = [p.clone() for p in model.encoder_q.parameters()]
+    model.momentum_update()
+    for pk, k0, q0 in zip(model.encoder_k.parameters(), before_k, q, strict=True):
+        torch.testing.assert_close(pk, 0.9 * k0 + 0.1 * q0)
+    assert all(not p.requires_grad for p in model.encoder_k.parameters())
+
+
+def test_split_batchnorm_equals_bn_per_interleaved_split():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 5, 5)
+    split = SplitBatchNorm(4, num_splits=2).train()
+    plain = torch.nn.BatchNorm2d(4).train()
+    out = split(x)
+    for s in range(2):
+        torch.testing.assert_close(out[s::2], plain(x[s::2]), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(split.running_mean, torch.zeros(4)) is False
+
+
+def test_shuffled_keys_equal_unshuffled_in_eval_mode(tiny_config):
+    model = small_moco(tiny_config).eval()
+    x = torch.randn(16, 3, 32, 32)
+    plain = model.keys(x, None)
+    shuffled = model.keys(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(shuffled, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_cifar_stem_and_head_dim(tiny_config):
+    cfg = tiny_config(arch="resnet18", nesting_list=[8, 64])
+    model = build_moco(cfg, bn_splits=2)
+    assert model.encoder_q.backbone.conv1.stride == (1, 1)
+    out = model.encoder_q.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 64)
