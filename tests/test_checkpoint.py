@@ -29,7 +29,7 @@ def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path):
     data = (cfg.output_dir / "checkpoint.pt").read_bytes()
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated.pt is truncated, corrupt"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt is truncated, corrupt"):
         load_checkpoint(bad)
 
 
@@ -40,7 +40,7 @@ def test_foreign_and_missing_files(tmp_path):
         load_checkpoint(foreign)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(CheckpointError, match="notes.pt"):
+    with pytest.raises(CheckpointError, match=r"notes\.pt"):
         load_checkpoint(text)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")

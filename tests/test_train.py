@@ -74,8 +74,8 @@ def test_bad_flags_exit_2_with_one_line(flags, message, tiny_dataset, tmp_path):
 def test_truncated_checkpoint_on_resume_is_one_line(tiny_dataset, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04garbage")
     proc = subprocess.run(
-        CLI
-        + [
+        [
+            *CLI,
             "--dataset",
             tiny_dataset,
             "--output-dir",
@@ -98,7 +98,8 @@ def test_truncated_checkpoint_on_resume_is_one_line(tiny_dataset, tmp_path):
 
 def test_sigterm_mid_epoch_saves_and_resumes(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    args = CLI + [
+    args = [
+        *CLI,
         "--dataset",
         tiny_dataset,
         "--output-dir",
