@@ -128,7 +128,7 @@ class Service:
         if len({len(v) for v in vectors}) > 1:
             raise BadInput("all vectors in a request must have the same length")
         x = np.asarray(vectors, dtype=np.float64)
-        if not np.isfinite(x.astype(np.float32)).all():
+        if (np.abs(x) > np.finfo(np.float32).max).any():
             raise BadInput("a vector has values too large for float32")
         if (np.abs(x).max(axis=1) == 0).any():
             raise BadInput("a vector is all zeros (it has no direction)")

@@ -1,0 +1,348 @@
+"""The API through FastAPI's TestClient: embeddings, search, limits, auth, metrics, reload."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from test_server_helpers import (
+    NESTING,
+    build_index,
+    matryoshka_vectors,
+    png_b64,
+    split,
+    train_tiny,
+)
+
+from server.app import create_app
+from server.settings import Settings
+from trainer.checkpoint import load_checkpoint
+from trainer.embed import extract_embeddings
+from trainer.model import load_encoder
+from trainer.nesting import truncate_normalize_np
+from trainer.preprocess import EvalPreprocess
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_dataset, tmp_path_factory):
+    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def index_dir(checkpoint, tiny_dataset, tmp_path_factory):
+    return build_index(checkpoint, tiny_dataset, tmp_path_factory.mktemp("idx") / "index")
+
+
+@pytest.fixture
+def make_client(checkpoint, index_dir, tmp_path):
+    clients = []
+
+    def make(**overrides) -> TestClient:
+        values = dict(
+            checkpoint=checkpoint,
+            index_dir=index_dir,
+            api_key=KEY,
+            max_wait_ms=2,
+            torch_threads=1,
+            faiss_threads=1,
+        )
+        values.update(overrides)
+        client = TestClient(create_app(Settings(**values)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client(read_only=True)
+
+
+@pytest.fixture
+def writer(make_client, checkpoint, tmp_path):
+    return make_client(index_dir=tmp_path / "fresh-index", max_images=4000, max_k=50)
+
+
+def test_health_ready_model(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    info = client.get("/v1/model").json()
+    assert info["nesting_list"] == NESTING and info["full_dim"] == 64
+    assert info["index_size"] == 320 and info["read_only"] is True
+    assert client.get("/docs").status_code == 200
+
+
+def test_embed_matches_evaluator_extraction_at_every_dim(client, checkpoint, tiny_dataset):
+    ds = split(tiny_dataset, "test").select(range(5))
+    state = load_checkpoint(checkpoint)
+    ref, _ = extract_embeddings(
+        load_encoder(state),
+        ds,
+        EvalPreprocess.from_config(state["config"]),
+        "image",
+        "label",
+        "cpu",
+    )
+    images = [png_b64(row["image"]) for row in ds]
+    for dim in (8, 32, 64, None):
+        r = client.post("/v1/embed", json={"images": images, "dim": dim})
+        assert r.status_code == 200, r.text
+        got = np.array(r.json()["embeddings"], dtype=np.float32)
+        d = dim or 64
+        assert r.json()["dim"] == d and got.shape == (5, d)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(got, truncate_normalize_np(ref, d), atol=1e-5)
+
+
+def test_embed_multipart(client, tiny_dataset):
+    image = split(tiny_dataset)[0]["image"]
+    png = base64.b64decode(png_b64(image))
+    files = [("files", ("a.png", png, "image/png")), ("files", ("b.png", png, "image/png"))]
+    r = client.post("/v1/embed", files=files, data={"dim": "16"})
+    assert r.status_code == 200, r.text
+    emb = np.array(r.json()["embeddings"])
+    assert emb.shape == (2, 16)
+    js = client.post("/v1/embed", json={"images": [png_b64(image)], "dim": 16}).json()
+    np.testing.assert_allclose(emb[0], js["embeddings"][0], atol=1e-6)
+
+
+def test_search_with_database_image_returns_it_first(client, tiny_dataset):
+    ds = split(tiny_dataset)
+    images = [png_b64(ds[i]["image"]) for i in (0, 7, 123)]
+    for body in ({"dim": 64}, {"dim": 8, "rerank_dim": 64}, {"dim": 16, "rerank_dim": 32}):
+        r = client.post("/v1/search", json={"images": images, "k": 5, **body})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        for i, hits in zip((0, 7, 123), results, strict=True):
+            assert len(hits) == 5
+            assert hits[0]["id"] == f"train-{i}"
+            assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+            assert hits[0]["label"] == ds[i]["label"]
+            assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+
+def test_adaptive_recall_against_exact_full_dim(writer):
+    bank = matryoshka_vectors(3000, 64, seed=0)
+    items = [{"id": f"v{i}", "vector": v.tolist(), "label": i % 7} for i, v in enumerate(bank)]
+    r = writer.post("/v1/index/items", json={"items": items}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"added": 3000, "size": 3000}
+    queries = matryoshka_vectors(50, 64, seed=1)
+    exact = truncate_normalize_np(queries, 64) @ truncate_normalize_np(bank, 64).T
+    truth = np.argsort(-exact, axis=1)[:, :10]
+    body = {"vectors": queries.tolist(), "k": 10}
+    full = writer.post("/v1/search", json={**body, "dim": 64}).json()["results"]
+    adaptive = writer.post("/v1/search", json={**body, "dim": 16, "rerank_dim": 64}).json()
+    cheap = writer.post("/v1/search", json={**body, "dim": 16}).json()["results"]
+
+    def recall(results) -> float:
+        found = [{int(h["id"][1:]) for h in hits} for hits in results]
+        return float(
+            np.mean([len(f & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)])
+        )
+
+    assert recall(full) == 1.0
+    assert adaptive["rerank_dim"] == 64
+    assert recall(adaptive["results"]) >= 0.95
+    assert recall(adaptive["results"]) > recall(cheap)
+
+
+def test_add_search_delete_with_auth(writer):
+    vec = matryoshka_vectors(2, 64, seed=3)
+    item = {"id": "a-1", "vector": vec[0].tolist(), "label": "cat", "metadata": {"src": "t"}}
+    assert writer.post("/v1/index/items", json={"items": [item]}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert writer.post("/v1/index/items", json={"items": [item]}, headers=wrong).status_code == 401
+    r = writer.post("/v1/index/items", json={"items": [item]}, headers={"X-API-Key": KEY})
+    assert r.status_code == 200, r.text
+    hits = writer.post("/v1/search", json={"vectors": [vec[0][:16].tolist()], "dim": 16}).json()
+    assert hits["results"][0][0] == {
+        "id": "a-1",
+        "score": pytest.approx(1.0, abs=1e-5),
+        "label": "cat",
+        "metadata": {"src": "t"},
+    }
+    r = writer.post("/v1/index/items", json={"items": [item]}, headers=AUTH)
+    assert r.status_code == 409 and "a-1" in r.json()["detail"]
+    assert writer.delete("/v1/index/items/a-1").status_code == 401
+    assert writer.delete("/v1/index/items/a-1", headers=AUTH).json() == {
+        "deleted": "a-1",
+        "size": 0,
+    }
+    r = writer.delete("/v1/index/items/a-1", headers=AUTH)
+    assert r.status_code == 404 and "a-1" in r.json()["detail"]
+    empty = writer.post("/v1/search", json={"vectors": [vec[1].tolist()], "k": 3}).json()
+    assert empty["results"] == [[]]
+
+
+def test_read_only_refuses_mutations(client):
+    r = client.post("/v1/index/items", json={"items": []}, headers=AUTH)
+    assert r.status_code == 403 and "read-only" in r.json()["detail"]
+    assert client.delete("/v1/index/items/train-0", headers=AUTH).status_code == 403
+
+
+def _png_of_size(w: int, h: int) -> str:
+    return png_b64(Image.new("RGB", (w, h), (10, 200, 30)))
+
+
+def _bad_cases():
+    ok = _png_of_size(8, 8)
+    gif = io.BytesIO()
+    Image.new("P", (4, 4)).save(gif, "GIF")
+    truncated = base64.b64encode(base64.b64decode(_png_of_size(64, 64))[:60]).decode()
+    v64 = [0.1] * 64
+    return [
+        ("bad base64", "/v1/embed", {"images": ["%%%"]}, 422, "base64"),
+        (
+            "not an image",
+            "/v1/embed",
+            {"images": [base64.b64encode(b"hello").decode()]},
+            422,
+            "not an image",
+        ),
+        ("truncated image", "/v1/embed", {"images": [truncated]}, 422, "image 0"),
+        ("too many pixels", "/v1/embed", {"images": [_png_of_size(300, 300)]}, 413, "pixels"),
+        ("dim not allowed", "/v1/embed", {"images": [ok], "dim": 12}, 422, "8, 16, 32, 64"),
+        ("dim wrong type", "/v1/embed", {"images": [ok], "dim": "x"}, 422, "dim"),
+        ("empty batch", "/v1/embed", {"images": []}, 422, "empty batch"),
+        ("batch too large", "/v1/embed", {"images": [ok] * 9}, 422, "limit is 8"),
+        ("unknown field", "/v1/embed", {"images": [ok], "dims": 8}, 422, "dims"),
+        ("k zero", "/v1/search", {"vectors": [v64], "k": 0}, 422, "k=0"),
+        ("k too big", "/v1/search", {"vectors": [v64], "k": 51}, 422, "1..50"),
+        (
+            "vector wrong length",
+            "/v1/search",
+            {"vectors": [[0.1] * 10], "dim": 16},
+            422,
+            "expected 16 or 64",
+        ),
+        ("vector NaN", "/v1/search", '{"vectors": [[NaN' + ", 0.1" * 63 + "]]}", 422, "NaN"),
+        ("vector inf", "/v1/search", '{"vectors": [[Infinity' + ", 0.1" * 63 + "]]}", 422, "NaN"),
+        ("vector beyond float32", "/v1/search", {"vectors": [[1e39] * 64]}, 422, "float32"),
+        ("vector zero", "/v1/search", {"vectors": [[0.0] * 64]}, 422, "zeros"),
+        (
+            "vector ragged",
+            "/v1/search",
+            {"vectors": [v64, [0.1] * 16], "dim": 16},
+            422,
+            "same length",
+        ),
+        ("no vectors", "/v1/search", {"vectors": []}, 422, "empty batch"),
+        ("both kinds", "/v1/search", {"vectors": [v64], "images": [ok]}, 422, "exactly one"),
+        (
+            "rerank below dim",
+            "/v1/search",
+            {"vectors": [v64], "dim": 32, "rerank_dim": 16},
+            422,
+            "at least dim",
+        ),
+        (
+            "rerank dim not allowed",
+            "/v1/search",
+            {"vectors": [v64], "rerank_dim": 48},
+            422,
+            "rerank_dim 48",
+        ),
+        (
+            "shortlist below k",
+            "/v1/search",
+            {"vectors": [v64], "k": 5, "shortlist": 2},
+            422,
+            "shortlist",
+        ),
+        (
+            "gif is fine but bad dim",
+            "/v1/embed",
+            {"images": [base64.b64encode(gif.getvalue()).decode()], "dim": 7},
+            422,
+            "dim 7",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("name", "path", "body", "status", "says"), _bad_cases())
+def test_bad_inputs_are_clear_4xx(make_client, name, path, body, status, says):
+    client = make_client(read_only=True, max_pixels=200 * 200, max_images=8, max_k=50)
+    if isinstance(body, str):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post(path, json=body)
+    assert r.status_code == status, (name, r.text)
+    detail = r.json()["detail"]
+    assert says.lower() in detail.lower(), (name, detail)
+
+
+def test_raw_body_errors(make_client):
+    client = make_client(read_only=True, max_body_bytes=4096)
+    r = client.post("/v1/embed", content=b"x" * 5000, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "4096" in r.json()["detail"]
+
+    def chunks():
+        for _ in range(10):
+            yield b"y" * 1000
+
+    r = client.post("/v1/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "json" in r.json()["detail"].lower()
+    r = client.post("/v1/embed", content=b"abc", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    r = client.post("/v1/embed", files=[("files", ("a", b"zz", "image/png"))], data={"dim": "q"})
+    assert r.status_code == 422 and "integer" in r.json()["detail"]
+    r = client.post("/v1/embed", files=[("files", ("a", b"zz", "image/png"))])
+    assert r.status_code == 422 and "not an image" in r.json()["detail"]
+    assert client.post("/v1/search", content=b"[]").status_code == 422
+    assert client.get("/nope").status_code == 404
+    assert client.put("/v1/embed").status_code == 405
+
+
+def test_metrics_parse_as_prometheus_text(client):
+    client.post("/v1/embed", json={"images": [_png_of_size(8, 8)], "dim": 8})
+    client.post("/v1/embed", json={"images": [], "dim": 8})
+    client.post("/v1/search", json={"vectors": [[0.1] * 64], "k": 3})
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "moco_requests",
+        "moco_batch_size",
+        "moco_model_seconds",
+        "moco_search_seconds",
+        "moco_queue_depth",
+        "moco_index_size",
+        "moco_model_forwards",
+    ):
+        assert name in families, name
+    statuses = {
+        (s.labels["endpoint"], s.labels["status"])
+        for s in families["moco_requests"].samples
+        if s.name == "moco_requests_total"
+    }
+    assert {("/v1/embed", "200"), ("/v1/embed", "422"), ("/v1/search", "200")} <= statuses
+
+
+def test_read_replica_picks_up_the_writers_changes(make_client, tmp_path):
+    index = tmp_path / "shared-index"
+    writer = make_client(index_dir=index)
+    reader = make_client(index_dir=index, read_only=True, reload_interval_s=0.1)
+    vec = matryoshka_vectors(1, 64, seed=5)[0].tolist()
+    r = writer.post("/v1/index/items", json={"items": [{"id": "w1", "vector": vec}]}, headers=AUTH)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    while reader.get("/v1/model").json()["index_size"] != 1:
+        assert time.monotonic() < deadline, "reader never reloaded"
+        time.sleep(0.1)
+    hits = reader.post("/v1/search", json={"vectors": [vec], "k": 1}).json()["results"]
+    assert hits[0][0]["id"] == "w1"

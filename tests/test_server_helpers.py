@@ -1,0 +1,59 @@
+"""Shared helpers for the server tests (imported by tests/test_server_*.py; holds no tests)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from server.index import build_index_folder
+from trainer.config import TrainConfig
+from trainer.train import train
+
+NESTING = [8, 16, 32, 64]
+
+
+def train_tiny(dataset: str, out: Path, seed: int = 0) -> Path:
+    """Two CPU steps: enough weights for the server to load, in about a second."""
+    cfg = TrainConfig(
+        dataset=dataset,
+        output_dir=out,
+        cache_dir=out / "cache",
+        batch_size=32,
+        queue_size=64,
+        epochs=1,
+        max_steps=2,
+        nesting_list=NESTING,
+        workers=0,
+        device="cpu",
+        resume="never",
+        seed=seed,
+    )
+    train(cfg)
+    return out / "checkpoint.pt"
+
+
+def build_index(checkpoint: Path, dataset: str, out: Path, limit: int = 0) -> Path:
+    build_index_folder(checkpoint, dataset, "train", out, batch_size=64, limit=limit)
+    return out
+
+
+def png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def split(dataset: str, name: str = "train") -> datasets.Dataset:
+    return datasets.load_from_disk(dataset)[name]
+
+
+def matryoshka_vectors(n: int, width: int, seed: int) -> np.ndarray:
+    """Random vectors whose energy decays along the dims, as in a Matryoshka embedding."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(1.0 + np.arange(width))
+    return (rng.standard_normal((n, width)) * scale).astype(np.float32)
