@@ -260,11 +260,32 @@ def setup(
             )
         dist.init_process_group(
             backend,
+            store=_restart_safe_store(environ, env),
             rank=env.rank,
             world_size=env.world_size,
             device_id=device if backend == "nccl" else None,
         )
     return env, device, backend
+
+
+def _restart_safe_store(environ: Mapping[str, str], env: DistEnv) -> dist.Store | None:
+    """Under torchrun, the agent's store with one key prefix per restart attempt.
+
+    The elastic agent keeps one TCP store for all attempts, so without a prefix a restarted
+    worker group reads the previous group's gloo addresses and fails to connect. None
+    (plain env:// rendezvous) outside torchrun.
+    """
+    if environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        environ["MASTER_ADDR"],
+        int(environ["MASTER_PORT"]),
+        env.world_size,
+        is_master=False,
+        timeout=dist.constants.default_pg_timeout,
+    )
+    attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"/moco/attempt_{attempt}/", store)
 
 
 def cleanup() -> None:
