@@ -187,6 +187,7 @@ def test_training_job_is_an_elastic_torchrun_gang(overlay: str) -> None:
     assert int(flag(torchrun, "--max-restarts")) >= 1
     assert torchrun[torchrun.index("-m") + 1] == "trainer.train"
     assert flag(torchrun, "--output-dir") == f"/runs/{env['RUN_NAME']}"
+    assert flag(torchrun, "--cache-dir") == "/data", "datasets cached on the data volume"
 
     rules = spec["podFailurePolicy"]["rules"]
     assert {
@@ -227,11 +228,12 @@ def test_eval_and_index_jobs_use_the_run_checkpoint(overlay: str) -> None:
     run = f"/runs/{env['RUN_NAME']}"
     assert argv(overlay, "Job", "moco-eval") == [
         "python", "-m", "trainer.evaluate", "--checkpoint", f"{run}/checkpoint.pt",
-        "--dataset", env["DATASET"], "--output", f"{run}/eval.json",
+        "--dataset", env["DATASET"], "--cache-dir", "/data", "--output", f"{run}/eval.json",
     ]  # fmt: skip
     assert argv(overlay, "Job", "moco-index") == [
         "python", "-m", "server.index", "build", "--checkpoint", f"{run}/checkpoint.pt",
-        "--dataset", env["DATASET"], "--split", "train", "--out", f"{run}/index",
+        "--dataset", env["DATASET"], "--split", "train", "--cache-dir", "/data",
+        "--out", f"{run}/index",
     ]  # fmt: skip
 
 
@@ -290,13 +292,19 @@ def test_every_pod_is_locked_down(overlay: str) -> None:
         assert tag == ("cpu" if overlay == "cpu" else "gpu")
 
 
+def _local(args: list[str], tmp_path: Path) -> list[str]:
+    """Volume paths (/runs, /data) moved under tmp_path."""
+    args = [a.replace("/runs/", f"{tmp_path}/runs/") for a in args]
+    return [f"{tmp_path}/data" if a == "/data" else a for a in args]
+
+
 def _train_argv_for_local_run(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     """The cpu overlay's trainer argv with the launcher made local and /runs moved."""
     job = obj("cpu", "Job", "moco-train")
     env = env_of("cpu", container(job))
     torchrun = argv("cpu", "Job", "moco-train")[4:]
     script = torchrun[torchrun.index("-m") + 2 :]
-    script = [a.replace("/runs/", f"{tmp_path}/runs/") for a in script]
+    script = _local(script, tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     return [*cmd, "-m", "trainer.train", *script, "--max-steps", "3"], env
 
@@ -324,7 +332,7 @@ def test_cpu_overlay_argv_runs_against_local_code(tmp_path: Path) -> None:
     for name, module in (("moco-eval", "trainer.evaluate"), ("moco-index", "server.index")):
         if importlib.util.find_spec(module) is None:
             continue
-        args = [a.replace("/runs/", f"{tmp_path}/runs/") for a in argv("cpu", "Job", name)]
+        args = _local(argv("cpu", "Job", name), tmp_path)
         assert args[0] == "python"
         r = subprocess.run(
             [sys.executable, *args[1:]],
@@ -337,6 +345,8 @@ def test_cpu_overlay_argv_runs_against_local_code(tmp_path: Path) -> None:
         assert r.returncode == 0, f"{name}: " + r.stdout[-3000:] + r.stderr[-3000:]
     if importlib.util.find_spec("trainer.evaluate") is not None:
         assert (run / "eval.json").is_file()
+    if importlib.util.find_spec("server.index") is not None:
+        assert (run / "index").is_dir()
 
 
 @needs_kubectl
