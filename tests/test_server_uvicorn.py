@@ -1,0 +1,186 @@
+"""Against a real `python -m server` (uvicorn) on 127.0.0.1: batching, kill -9 durability."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_server_helpers import build_index, matryoshka_vectors, png_b64, split, train_tiny
+
+from trainer.checkpoint import load_checkpoint
+from trainer.embed import extract_embeddings
+from trainer.model import load_encoder
+from trainer.nesting import truncate_normalize_np
+from trainer.preprocess import EvalPreprocess
+
+KEY = "uvicorn-key"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_dataset, tmp_path_factory):
+    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m server` in a subprocess; flags as a user would type them, key from env."""
+
+    def __init__(self, checkpoint, index_dir, tmp_path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp_path / f"server-{self.port}.log", "w")  # noqa: SIM115
+        environ = {**os.environ, "OMP_NUM_THREADS": "1", "MOCO_API_KEY": KEY, **env}
+        argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint)]
+        argv += ["--index-dir", str(index_dir), "--port", str(self.port)]
+        self.proc = subprocess.Popen(argv, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.proc.poll() is None, (tmp_path / f"server-{self.port}.log").read_text()
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def serve(checkpoint, tmp_path):
+    servers = []
+
+    def start(index_dir, **env) -> Server:
+        server = Server(checkpoint, index_dir, tmp_path, **env)
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def forwards(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    for family in text_string_to_metric_families(text):
+        if family.name == "moco_model_forwards":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError("no moco_model_forwards metric")
+
+
+def test_embed_search_and_concurrent_batching(serve, checkpoint, tiny_dataset, tmp_path):
+    index = build_index(checkpoint, tiny_dataset, tmp_path / "index", limit=64)
+    server = serve(index, MOCO_MAX_WAIT_MS="20", MOCO_MAX_BATCH_SIZE="32")
+    ds = split(tiny_dataset).select(range(64))
+    state = load_checkpoint(checkpoint)
+    ref, _ = extract_embeddings(
+        load_encoder(state),
+        ds,
+        EvalPreprocess.from_config(state["config"]),
+        "image",
+        "label",
+        "cpu",
+    )
+    images = [png_b64(row["image"]) for row in ds]
+    before = forwards(server.url)
+
+    async def one(client: httpx.AsyncClient, i: int) -> list[float]:
+        r = await client.post("/v1/embed", json={"images": [images[i]], "dim": 32})
+        assert r.status_code == 200, r.text
+        return r.json()["embeddings"][0]
+
+    async def burst() -> np.ndarray:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return np.array(await asyncio.gather(*(one(client, i) for i in range(64))))
+
+    got = asyncio.run(burst())
+    used = forwards(server.url) - before
+    assert used < 64, f"{used} forwards for 64 requests: nothing was batched"
+    np.testing.assert_allclose(got, truncate_normalize_np(ref, 32), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+    r = httpx.post(server.url + "/v1/search", json={"images": images[5:6], "k": 3, "dim": 16})
+    assert r.json()["results"][0][0]["id"] == "train-5"
+    r = httpx.post(server.url + "/v1/embed", json={"images": ["@@"], "dim": 16})
+    assert r.status_code == 422 and "base64" in r.json()["detail"]
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+@pytest.mark.slow
+def test_kill_9_after_acknowledged_adds_loses_nothing(serve, tmp_path, tiny_dataset):
+    index = tmp_path / "durable"
+    env = {"MOCO_COMPACT_EVERY": "7"}
+    server = serve(index, **env)
+    vectors = matryoshka_vectors(20, 64, seed=11)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    image = png_b64(split(tiny_dataset)[0]["image"])
+    with httpx.Client(base_url=server.url, headers=auth) as client:
+        for i, v in enumerate(vectors):
+            item = {"id": f"k{i}", "vector": v.tolist(), "label": i, "metadata": {"n": i}}
+            assert client.post("/v1/index/items", json={"items": [item]}).status_code == 200
+        r = client.post("/v1/index/items", json={"items": [{"id": "img", "image": image}]})
+        assert r.status_code == 200
+        assert client.delete("/v1/index/items/k3").status_code == 200
+    server.kill9()
+
+    server = serve(index, **env)
+    info = httpx.get(server.url + "/v1/model").json()
+    assert info["index_size"] == 20
+    r = httpx.post(server.url + "/v1/search", json={"vectors": vectors.tolist(), "k": 1})
+    top = [hits[0] for hits in r.json()["results"]]
+    for i, hit in enumerate(top):
+        if i == 3:
+            assert hit["id"] != "k3"
+        else:
+            assert hit == {
+                "id": f"k{i}",
+                "score": pytest.approx(1.0, abs=1e-5),
+                "label": i,
+                "metadata": {"n": i},
+            }
+    r = httpx.post(server.url + "/v1/search", json={"images": [image], "k": 1})
+    assert r.json()["results"][0][0]["id"] == "img"
+
+
+@pytest.mark.slow
+def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = subprocess.run(
+        [sys.executable, "-m", "server", "--checkpoint", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.pt" in lines[0] and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "nope"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "--port" in r.stderr
