@@ -135,3 +135,19 @@ compare: $(STAMP) ## train Matryoshka + the single-dim baseline, overlay -> $(CO
 		--output $(COMPARE_DIR)/default/eval.json --plot $(COMPARE_DIR)/compare.png \
 		--compare $(COMPARE_DIR)/baseline/eval.json --compare $(COMPARE_DIR)/random-init/eval.json \
 		| tee $(COMPARE_DIR)/compare.md
+
+# Serving (docs/SERVING.md): index the training split once, then serve on 127.0.0.1:8000.
+INDEX ?= $(OUTPUT)/index
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+
+$(INDEX)/manifest.json: | $(STAMP) $(OUTPUT)/checkpoint.pt
+	$(PY) -m server.index build --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) \
+		--split train --out $(INDEX)
+
+serve: $(STAMP) $(OUTPUT)/checkpoint.pt $(INDEX)/manifest.json ## serve embeddings + search (builds the index if missing)
+	$(PY) -m server --checkpoint $(OUTPUT)/checkpoint.pt --index-dir $(INDEX) \
+		--host $(SERVE_HOST) --port $(SERVE_PORT)
+
+bench: $(STAMP) ## run the benchmarks in bench/ (ratios on stdout, JSON in bench/results/)
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
