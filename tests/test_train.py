@@ -124,7 +124,7 @@ def test_sigterm_mid_epoch_saves_and_resumes(tiny_dataset, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "saved step" in err
+    assert "stop signal: saved step" in err
     state = load_checkpoint(out / "checkpoint.pt")
     assert 10 <= state["step"] < 200 * 10
     step = state["step"]

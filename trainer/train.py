@@ -201,6 +201,7 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         )
         sums = torch.zeros(len(cfg.nesting_list), device=device)
         n_steps, images, waited, t_epoch = 0, 0, 0.0, time.perf_counter()
+        stopping = False
         t_ready = time.perf_counter()
         for im_q, im_k in data.epoch(epoch, step % spe):
             waited += time.perf_counter() - t_ready
@@ -225,7 +226,11 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
             step += 1
             n_steps += 1
             images += len(im_q) * env.world_size
-            per_dim = dist.all_reduce_mean(per_dim.detach())
+            # One collective carries the losses and "did any rank get SIGTERM?", so every
+            # rank stops after the same step and nobody is left waiting in a collective.
+            stop_flag = torch.tensor([float(stop.signum is not None)], device=device)
+            stats = dist.all_reduce_mean(torch.cat([per_dim.detach(), stop_flag]))
+            per_dim, stopping = stats[:-1], bool(stats[-1] > 0)
             sums += per_dim
             if env.is_main:
                 rate = images / (time.perf_counter() - t_epoch)
@@ -235,20 +240,19 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
                 writer.add_scalar("train/lr", lr, step)
                 for d, value in zip(cfg.nesting_list, per_dim.tolist(), strict=True):
                     writer.add_scalar(f"train/loss_dim_{d}", value, step)
-            if stop.signum is not None or step >= total_steps:
+            if stopping or step >= total_steps:
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and env.is_main:
                 save_checkpoint(state(step), ckpt)
             t_ready = time.perf_counter()
         bar.close()
-        if stop.signum is not None:
-            # No collectives here: the other ranks got the same signal and are leaving too.
+        if stopping:
+            # No collectives from here on: every rank saw the flag after this same step.
             if env.is_main:
                 save_checkpoint(state(step), ckpt)
-                print(
-                    f"signal {stop.signum}: saved step {step} to {ckpt}, exiting", file=sys.stderr
-                )
-            writer and writer.close()
+                writer.close()
+                print(f"stop signal: saved step {step} to {ckpt}, exiting", file=sys.stderr)
+            dist.cleanup()
             return {"step": step, "stopped": True, "history": history}
         elapsed = time.perf_counter() - t_epoch
         record = {
