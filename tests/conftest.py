@@ -6,12 +6,12 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import datasets  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import datasets
+import pytest
+import torch
 
-from trainer import shapes  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
+from trainer import shapes
+from trainer.config import TrainConfig
 
 torch.set_num_threads(1)
 
