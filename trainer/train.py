@@ -157,6 +157,10 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         total_steps = min(total_steps, cfg.max_steps)
     model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
     if cfg.sync_bn and env.is_distributed:
+        if device.type != "cuda":
+            raise UsageError(
+                "--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU"
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     cuda = device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
@@ -176,10 +180,10 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         step = restore(cfg, path, model, optimizer, device)
         if env.is_main:
             print(f"resumed from {path} at step {step} (epoch {step // spe})", file=sys.stderr)
-    # broadcast_buffers=False: the queue is identical on every rank by construction, and
+    # forward_sync_buffers=False: the queue is identical on every rank by construction, and
     # broadcasting a 65,536 x 2,048 queue every step would cost more than the step.
     runner = (
-        DistributedDataParallel(model, broadcast_buffers=False) if env.is_distributed else model
+        DistributedDataParallel(model, forward_sync_buffers=False) if env.is_distributed else model
     )
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)
     writer = SummaryWriter(str(cfg.output_dir / "tb"), purge_step=step) if env.is_main else None
@@ -253,7 +257,7 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
                 writer.close()
                 print(f"stop signal: saved step {step} to {ckpt}, exiting", file=sys.stderr)
             dist.cleanup()
-            return {"step": step, "stopped": True, "history": history}
+            return {"step": step, "stopped": True, "history": history, "is_main": env.is_main}
         elapsed = time.perf_counter() - t_epoch
         record = {
             "epoch": epoch + 1,
@@ -276,13 +280,13 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
     if writer is not None:
         writer.close()
     dist.cleanup()
-    return {"step": step, "stopped": False, "history": history}
+    return {"step": step, "stopped": False, "history": history, "is_main": env.is_main}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_args(argv)
     result = train(cfg)
-    if result["history"] and not result["stopped"]:
+    if result["is_main"] and result["history"] and not result["stopped"]:
         first, last = result["history"][0], result["history"][-1]
         fmt = lambda r: " ".join(f"{d}:{v:.3f}" for d, v in r["loss_per_dim"].items())  # noqa: E731
         print(f"loss per dim, epoch {first['epoch']}: {fmt(first)}", file=sys.stderr)
