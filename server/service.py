@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,23 +187,17 @@ class Service:
         return await anyio.to_thread.run_sync(run)
 
     async def add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> int:
-        store = self.require_index()
-
-        def run() -> int:
-            store.add(items, vectors)
-            if store.ops_since_compaction >= self.settings.compact_every:
-                store.compact()
-            return len(store)
-
-        size = await anyio.to_thread.run_sync(run)
-        self._update_size()
-        return size
+        return await self._mutate(lambda store: store.add(items, vectors))
 
     async def delete(self, item_id: str) -> int:
+        return await self._mutate(lambda store: store.delete(item_id))
+
+    async def _mutate(self, change: Callable[[IndexStore], object]) -> int:
+        """Apply one durable edit off the event loop, compacting the log when it is long."""
         store = self.require_index()
 
         def run() -> int:
-            store.delete(item_id)
+            change(store)
             if store.ops_since_compaction >= self.settings.compact_every:
                 store.compact()
             return len(store)
