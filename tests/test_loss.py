@@ -43,6 +43,11 @@ def test_default_weights_are_ones_and_training_mean_divides():
     torch.testing.assert_close(total, per_dim.sum())
     assert training_weights([4, 8, 16], "mean") == [1 / 3] * 3
     assert training_weights([4, 8, 16], "ones") == [1.0] * 3
+    linear = training_weights([4, 8, 16], "linear")
+    assert abs(sum(linear) - 1) < 1e-9 and linear[2] == 4 * linear[0]
+    sqrt = training_weights([4, 16], "sqrt")
+    assert abs(sum(sqrt) - 1) < 1e-9 and abs(sqrt[1] - 2 * sqrt[0]) < 1e-9
+    assert training_weights([256], "sqrt") == training_weights([256], "mean") == [1.0]
 
 
 def test_single_dim_is_plain_moco_infonce():

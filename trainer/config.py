@@ -40,9 +40,10 @@ class TrainConfig(BaseModel):
         [8, 16, 32, 64, 128, 256],
         description="Matryoshka dims, comma-separated, ascending; the last is the head dim",
     )
-    loss_weights: Literal["mean", "ones"] = Field(
+    loss_weights: Literal["mean", "sqrt", "linear", "ones"] = Field(
         "mean",
-        description="per-dim loss weights: mean (1/len each, keeps the lr meaning) or ones (sum)",
+        description="per-dim loss weights: mean (1/len each), sqrt or linear (proportional to "
+        "sqrt(dim) or dim, summing to 1), ones (the MRL paper's plain sum)",
     )
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(20, ge=1)

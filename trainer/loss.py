@@ -51,6 +51,12 @@ class MoCoMatryoshkaLoss(nn.Module):
 
 
 def training_weights(nesting_list: Sequence[int], mode: str) -> list[float]:
-    """mean: 1/len each (the trainer's default); ones: the MRL paper's plain sum."""
+    """Per-dim weights. mean and sqrt sum to 1, so adding dims keeps the effective lr;
+    sqrt leans towards the large dims, whose last coordinates only the largest losses train."""
     n = len(nesting_list)
-    return [1.0 / n] * n if mode == "mean" else [1.0] * n
+    if mode == "ones":
+        return [1.0] * n
+    if mode in ("sqrt", "linear"):
+        raw = [d**0.5 if mode == "sqrt" else float(d) for d in nesting_list]
+        return [r / sum(raw) for r in raw]
+    return [1.0 / n] * n
