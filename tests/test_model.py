@@ -67,3 +67,22 @@ def test_resnet_cifar_stem_and_head_dim(tiny_config):
     assert model.encoder_q.backbone.conv1.stride == (1, 1)
     out = model.encoder_q.eval()(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 64)
+
+
+def test_head_bn_equalises_coordinate_energy_and_loads(tiny_config):
+    from trainer.model import load_encoder
+
+    cfg = tiny_config(head_bn=True)
+    model = build_moco(cfg, bn_splits=2)
+    enc = model.encoder_q.train()
+    x = torch.randn(16, 3, 32, 32)
+    out = enc(x)
+    raw = enc.head[:-1](enc.backbone(x)).detach()  # the same batch's pre-norm embedding
+    for split in (0, 1):  # each interleaved BN split is standardised on its own
+        r = raw[split::2]
+        expected = (r - r.mean(0)) / torch.sqrt(r.var(0, unbiased=False) + 1e-5)
+        torch.testing.assert_close(out[split::2], expected, atol=1e-4, rtol=1e-4)
+    state = {"config": cfg.plain(), "encoder_q": model.encoder_q.state_dict()}
+    encoder = load_encoder(state)
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(encoder(x), model.encoder_q.eval()(x))

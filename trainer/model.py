@@ -37,8 +37,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
             x.reshape(n // s, c * s, h, w),
             mean,
             var,
-            self.weight.repeat(s),
-            self.bias.repeat(s),
+            None if self.weight is None else self.weight.repeat(s),
+            None if self.bias is None else self.bias.repeat(s),
             True,
             self.momentum,
             self.eps,
@@ -82,19 +82,43 @@ def build_backbone(arch: str, image_size: int, norm_layer) -> tuple[nn.Module, i
     return net, width
 
 
+class OutputNorm(nn.Module):
+    """Parameter-free BN over the embedding's coordinates.
+
+    Without it, the Matryoshka losses pile energy into the first coordinates (every loss
+    trains them): 25% of the norm sat in the first 8 of 256 dims, and the full-dim similarity
+    became little more than the 8-dim one. Unit variance per coordinate keeps every dim's
+    share equal, so the full-dim embedding uses all of its dims.
+    """
+
+    def __init__(self, dim: int, norm_layer):
+        super().__init__()
+        self.bn = norm_layer(dim, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x[:, :, None, None]).flatten(1)
+
+
 class Encoder(nn.Module):
     """Backbone + MoCo v2 MLP head. Its output is the D-dim Matryoshka embedding (raw)."""
 
     def __init__(
-        self, arch: str, embed_dim: int, image_size: int, hidden: int = 0, bn_splits: int = 1
+        self,
+        arch: str,
+        embed_dim: int,
+        image_size: int,
+        hidden: int = 0,
+        bn_splits: int = 1,
+        head_bn: bool = False,
     ):
         super().__init__()
         norm = partial(SplitBatchNorm, num_splits=bn_splits)
         self.backbone, width = build_backbone(arch, image_size, norm)
         hidden = hidden or width
-        self.head = nn.Sequential(
-            nn.Linear(width, hidden), nn.ReLU(True), nn.Linear(hidden, embed_dim)
-        )
+        layers = [nn.Linear(width, hidden), nn.ReLU(True), nn.Linear(hidden, embed_dim)]
+        if head_bn:
+            layers.append(OutputNorm(embed_dim, norm))
+        self.head = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -156,13 +180,21 @@ class MoCo(nn.Module):
 
 
 def build_moco(cfg, bn_splits: int) -> MoCo:
-    encoder = Encoder(cfg.arch, cfg.embed_dim, cfg.image_size, cfg.mlp_hidden, bn_splits)
+    encoder = Encoder(
+        cfg.arch, cfg.embed_dim, cfg.image_size, cfg.mlp_hidden, bn_splits, cfg.head_bn
+    )
     return MoCo(encoder, cfg.embed_dim, cfg.queue_size, cfg.moco_m)
 
 
 def load_encoder(state: dict, device: torch.device | str = "cpu") -> Encoder:
     """The query encoder of a loaded checkpoint, in eval mode, on `device`."""
     c = state["config"]
-    encoder = Encoder(c["arch"], c["nesting_list"][-1], c["image_size"], c.get("mlp_hidden", 0))
+    encoder = Encoder(
+        c["arch"],
+        c["nesting_list"][-1],
+        c["image_size"],
+        c.get("mlp_hidden", 0),
+        head_bn=c.get("head_bn", False),
+    )
     encoder.load_state_dict(state["encoder_q"])
     return encoder.to(device).eval()

@@ -30,7 +30,15 @@ from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 MAX_QUEUE_FRACTION = 0.25
 # Config fields a resumed run must share with its checkpoint.
-RESUME_MUST_MATCH = ("arch", "nesting_list", "image_size", "queue_size", "mlp_hidden", "dataset")
+RESUME_MUST_MATCH = (
+    "arch",
+    "nesting_list",
+    "image_size",
+    "queue_size",
+    "mlp_hidden",
+    "head_bn",
+    "dataset",
+)
 
 
 class StopFlag:
