@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
     temp: float = Field(0.2, gt=0, description="InfoNCE temperature")
     mlp_hidden: int = Field(0, ge=0, description="MLP head hidden width; 0 = backbone width")
     head_bn: bool = Field(
-        False, description="parameter-free BN on the embedding (equal energy in every dim)"
+        True, description="parameter-free BN on the embedding (equal energy in every dim)"
     )
     shuffle_bn: bool = Field(True, description="shuffle the key batch across BN groups")
     bn_splits: int = Field(
