@@ -8,6 +8,7 @@ into place, so servers never see a half-built index.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -41,12 +42,23 @@ def build_index_folder(
     limit: int = 0,
     force: bool = False,
 ) -> dict:
-    """Embed `dataset[split]` with the checkpoint and publish the index folder at `out`."""
+    """Embed `dataset[split]` with the checkpoint and publish the index folder at `out`.
+
+    An existing index of the same checkpoint is kept as it is (a re-run Job must not drop
+    acknowledged edits); one of another checkpoint is only replaced with `force`.
+    """
     out = Path(out)
-    if (out / "manifest.json").exists() and not force:
-        raise UsageError(f"{out} already holds an index; pass --force to replace it")
     state = load_checkpoint(checkpoint)
     config = state["config"]
+    manifest = out / "manifest.json"
+    if manifest.exists() and not force:
+        existing = json.loads(manifest.read_text())
+        if existing.get("fingerprint") == checkpoint_fingerprint(state):
+            return {"out": str(out), "count": existing.get("count"), "skipped": True}
+        raise UsageError(
+            f"{out} holds an index of another checkpoint; pass --force to rebuild it "
+            "(its added items are dropped: their vectors came from the old model)"
+        )
     cfg = TrainConfig(
         dataset=dataset,
         cache_dir=cache_dir,
@@ -147,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         limit=ns.limit,
         force=ns.force,
     )
-    print(f"indexed {result['count']} items ({result['width']}-dim) into {result['out']}")
+    if result.get("skipped"):
+        print(f"{result['out']} is already an index of this checkpoint; left as it is")
+    else:
+        print(f"indexed {result['count']} items ({result['width']}-dim) into {result['out']}")
     return 0
 
 

@@ -21,9 +21,11 @@ from test_server_helpers import (
 )
 
 from server.app import create_app
+from server.index import build_index_folder
 from server.settings import Settings
 from trainer.checkpoint import load_checkpoint
 from trainer.embed import extract_embeddings
+from trainer.errors import UsageError
 from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
 from trainer.preprocess import EvalPreprocess
@@ -346,3 +348,17 @@ def test_read_replica_picks_up_the_writers_changes(make_client, tmp_path):
         time.sleep(0.1)
     hits = reader.post("/v1/search", json={"vectors": [vec], "k": 1}).json()["results"]
     assert hits[0][0]["id"] == "w1"
+
+
+def test_rebuilding_an_index_keeps_it_or_refuses_another_checkpoint(
+    checkpoint, tiny_dataset, tmp_path
+):
+    out = build_index(checkpoint, tiny_dataset, tmp_path / "index", limit=40)
+    manifest = (out / "manifest.json").read_text()
+    again = build_index_folder(checkpoint, tiny_dataset, "train", out, limit=40)
+    assert again["skipped"] and (out / "manifest.json").read_text() == manifest
+    other = train_tiny(tiny_dataset, tmp_path / "other", seed=1)
+    with pytest.raises(UsageError, match="index of another checkpoint; pass --force"):
+        build_index_folder(other, tiny_dataset, "train", out, limit=40)
+    rebuilt = build_index_folder(other, tiny_dataset, "train", out, limit=40, force=True)
+    assert rebuilt["count"] == 40 and "skipped" not in rebuilt
