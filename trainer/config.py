@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
         "sqrt(dim) or dim, summing to 1), ones (the MRL paper's plain sum)",
     )
     batch_size: int = Field(128, ge=2, description="images per process per step")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(40, ge=1)
     lr: float = Field(
         0.06, gt=0, description="learning rate for a global batch of 256 (scaled linearly)"
     )
