@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_server_helpers import (
     NESTING,
     build_index,
+    evaluator_embeddings,
     matryoshka_vectors,
     png_b64,
     split,
@@ -23,12 +24,8 @@ from test_server_helpers import (
 from server.app import create_app
 from server.index import build_index_folder
 from server.settings import Settings
-from trainer.checkpoint import load_checkpoint
-from trainer.embed import extract_embeddings
 from trainer.errors import UsageError
-from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
-from trainer.preprocess import EvalPreprocess
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -89,15 +86,7 @@ def test_health_ready_model(client):
 
 def test_embed_matches_evaluator_extraction_at_every_dim(client, checkpoint, tiny_dataset):
     ds = split(tiny_dataset, "test").select(range(5))
-    state = load_checkpoint(checkpoint)
-    ref, _ = extract_embeddings(
-        load_encoder(state),
-        ds,
-        EvalPreprocess.from_config(state["config"]),
-        "image",
-        "label",
-        "cpu",
-    )
+    ref = evaluator_embeddings(checkpoint, ds)
     images = [png_b64(row["image"]) for row in ds]
     for dim in (8, 32, 64, None):
         r = client.post("/v1/embed", json={"images": images, "dim": dim})

@@ -11,7 +11,11 @@ import numpy as np
 from PIL import Image
 
 from server.index import build_index_folder
+from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
+from trainer.embed import extract_embeddings
+from trainer.model import load_encoder
+from trainer.preprocess import EvalPreprocess
 from trainer.train import train
 
 NESTING = [8, 16, 32, 64]
@@ -40,6 +44,14 @@ def train_tiny(dataset: str, out: Path, seed: int = 0) -> Path:
 def build_index(checkpoint: Path, dataset: str, out: Path, limit: int = 0) -> Path:
     build_index_folder(checkpoint, dataset, "train", out, batch_size=64, limit=limit)
     return out
+
+
+def evaluator_embeddings(checkpoint: Path, ds: datasets.Dataset) -> np.ndarray:
+    """What `trainer.evaluate` extracts for these images: the reference for the server."""
+    state = load_checkpoint(checkpoint)
+    preprocess = EvalPreprocess.from_config(state["config"])
+    ref, _ = extract_embeddings(load_encoder(state), ds, preprocess, "image", "label", "cpu")
+    return ref
 
 
 def png_b64(image: Image.Image) -> str:

@@ -14,13 +14,16 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_server_helpers import build_index, matryoshka_vectors, png_b64, split, train_tiny
+from test_server_helpers import (
+    build_index,
+    evaluator_embeddings,
+    matryoshka_vectors,
+    png_b64,
+    split,
+    train_tiny,
+)
 
-from trainer.checkpoint import load_checkpoint
-from trainer.embed import extract_embeddings
-from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
-from trainer.preprocess import EvalPreprocess
 
 KEY = "uvicorn-key"
 
@@ -96,15 +99,7 @@ def test_embed_search_and_concurrent_batching(serve, checkpoint, tiny_dataset, t
     index = build_index(checkpoint, tiny_dataset, tmp_path / "index", limit=64)
     server = serve(index, MOCO_MAX_WAIT_MS="20", MOCO_MAX_BATCH_SIZE="32")
     ds = split(tiny_dataset).select(range(64))
-    state = load_checkpoint(checkpoint)
-    ref, _ = extract_embeddings(
-        load_encoder(state),
-        ds,
-        EvalPreprocess.from_config(state["config"]),
-        "image",
-        "label",
-        "cpu",
-    )
+    ref = evaluator_embeddings(checkpoint, ds)
     images = [png_b64(row["image"]) for row in ds]
     before = forwards(server.url)
 
