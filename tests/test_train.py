@@ -14,6 +14,12 @@ from trainer.train import train
 CLI = [sys.executable, "-m", "trainer.train"]
 
 
+def small_run(dataset: str, out, *extra: str) -> list[str]:
+    """The trainer CLI on the tiny dataset with a small batch and queue, no workers."""
+    return [*CLI, "--dataset", dataset, "--output-dir", str(out), "--batch-size", "32",
+            "--queue-size", "64", "--workers", "0", *extra]  # fmt: skip
+
+
 def test_resume_equals_straight_run(tiny_config, tmp_path):
     straight = tiny_config(output_dir=tmp_path / "straight", epochs=2)
     train(straight)
@@ -74,19 +80,7 @@ def test_bad_flags_exit_2_with_one_line(flags, message, tiny_dataset, tmp_path):
 def test_truncated_checkpoint_on_resume_is_one_line(tiny_dataset, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04garbage")
     proc = subprocess.run(
-        [
-            *CLI,
-            "--dataset",
-            tiny_dataset,
-            "--output-dir",
-            str(tmp_path),
-            "--batch-size",
-            "32",
-            "--queue-size",
-            "64",
-            "--workers",
-            "0",
-        ],
+        small_run(tiny_dataset, tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
@@ -98,23 +92,7 @@ def test_truncated_checkpoint_on_resume_is_one_line(tiny_dataset, tmp_path):
 
 def test_sigterm_mid_epoch_saves_and_resumes(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    args = [
-        *CLI,
-        "--dataset",
-        tiny_dataset,
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "32",
-        "--queue-size",
-        "64",
-        "--workers",
-        "0",
-        "--epochs",
-        "200",
-        "--nesting-list",
-        "8,16,32",
-    ]
+    args = small_run(tiny_dataset, out, "--epochs", "200", "--nesting-list", "8,16,32")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 90
