@@ -297,7 +297,6 @@ def add_routes(app: FastAPI) -> None:
         responses=ERRORS,
     )
     async def delete_item(item_id: str, svc: ServiceDep) -> DeleteResponse:
-        svc.require_index()
         size = await svc.delete(item_id)
         return DeleteResponse(deleted=item_id, size=size)
 
