@@ -32,7 +32,7 @@ from PIL import Image
 
 from server.store import IndexStore, write_generation
 from trainer import shapes
-from trainer.checkpoint import checkpoint_fingerprint, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
 from trainer.model import load_encoder
 from trainer.preprocess import EvalPreprocess
@@ -70,9 +70,9 @@ def free_port() -> int:
 
 
 def model_throughput(checkpoint: Path, images: list[Image.Image], batch: int, seconds: float):
-    state = load_checkpoint(checkpoint)
-    encoder = load_encoder(state, "cpu")
-    pre = EvalPreprocess.from_config(state["config"])
+    ckpt = load_checkpoint(checkpoint)
+    encoder = load_encoder(ckpt, "cpu")
+    pre = EvalPreprocess.of(ckpt.model)
     x = torch.stack([pre(im) for im in images[:batch]])
     with torch.inference_mode():
         encoder(x)
@@ -116,8 +116,8 @@ def metric_sum(text: str, name: str) -> float:
 
 
 def bench_embed(args, checkpoint: Path) -> dict:
-    state = load_checkpoint(checkpoint)
-    size = state["config"]["image_size"]
+    model = load_checkpoint(checkpoint).model
+    size = model.image_size
     arrays, _ = shapes.generate(256, size, seed=0)
     images = [Image.fromarray(np.asarray(a)) for a in arrays]
     payloads = []
@@ -163,7 +163,7 @@ def bench_embed(args, checkpoint: Path) -> dict:
     images_total = metric_sum(text, "moco_batch_size_sum")
     return {
         "image_size": size,
-        "arch": state["config"]["arch"],
+        "arch": model.arch,
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
         "torch_threads": args.threads,
@@ -260,7 +260,7 @@ def main() -> None:
     if not args.skip_embed:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             checkpoint = ensure_checkpoint(args.checkpoint, Path(tmp))
-            result["checkpoint_fingerprint"] = checkpoint_fingerprint(load_checkpoint(checkpoint))
+            result["checkpoint_fingerprint"] = load_checkpoint(checkpoint).fingerprint
             e = result["embed"] = bench_embed(args, checkpoint)
         print(
             f"embed: server {e['server_images_per_s']:.0f} img/s under {e['concurrency']} "

@@ -201,14 +201,14 @@ def add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/model", response_model=ModelInfo)
     async def model(svc: ServiceDep) -> ModelInfo:
-        c = svc.config
+        ckpt = svc.checkpoint
         return ModelInfo(
-            arch=c["arch"],
+            arch=ckpt.model.arch,
             nesting_list=svc.nesting_list,
             full_dim=svc.full_dim,
-            image_size=c["image_size"],
-            step=int(svc.state["step"]),
-            epoch=int(svc.state["epoch"]),
+            image_size=ckpt.model.image_size,
+            step=ckpt.step,
+            epoch=ckpt.epoch,
             fingerprint=svc.fingerprint,
             index_size=len(svc.store) if svc.store is not None else None,
             read_only=svc.settings.read_only,

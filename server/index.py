@@ -13,12 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from server.store import write_generation
-from trainer.checkpoint import checkpoint_fingerprint, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig, make_parser
 from trainer.data import load_dataset_dict
+from trainer.device import pick_device
 from trainer.embed import extract_embeddings
 from trainer.errors import UsageError, run_cli
 from trainer.model import load_encoder
@@ -48,12 +47,11 @@ def build_index_folder(
     acknowledged edits); one of another checkpoint is only replaced with `force`.
     """
     out = Path(out)
-    state = load_checkpoint(checkpoint)
-    config = state["config"]
+    ckpt = load_checkpoint(checkpoint)
     manifest = out / "manifest.json"
     if manifest.exists() and not force:
         existing = json.loads(manifest.read_text())
-        if existing.get("fingerprint") == checkpoint_fingerprint(state):
+        if existing.get("fingerprint") == ckpt.fingerprint:
             return {"out": str(out), "count": existing.get("count"), "skipped": True}
         raise UsageError(
             f"{out} holds an index of another checkpoint; pass --force to rebuild it "
@@ -62,8 +60,8 @@ def build_index_folder(
     cfg = TrainConfig(
         dataset=dataset,
         cache_dir=cache_dir,
-        image_size=config["image_size"],
-        seed=config.get("seed", 0),
+        image_size=ckpt.model.image_size,
+        seed=ckpt.train.seed,
         image_column=image_column,
         label_column=label_column,
     )
@@ -79,14 +77,15 @@ def build_index_folder(
             )
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
-    encoder = load_encoder(state, device)
+    on = pick_device(device)
+    encoder = load_encoder(ckpt, on)
     x, y = extract_embeddings(
         encoder,
         ds,
-        EvalPreprocess.from_config(config),
+        EvalPreprocess.of(ckpt.model),
         image_column,
         label_column,
-        device,
+        on,
         batch_size=batch_size,
         workers=workers,
         desc=f"index {split}",
@@ -102,9 +101,9 @@ def build_index_folder(
     ]
     info = {
         "checkpoint": str(checkpoint),
-        "fingerprint": checkpoint_fingerprint(state),
-        "step": int(state["step"]),
-        "nesting_list": list(config["nesting_list"]),
+        "fingerprint": ckpt.fingerprint,
+        "step": ckpt.step,
+        "nesting_list": list(ckpt.model.nesting_list),
         "dataset": dataset,
         "split": split,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--label-column", default="label")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--workers", type=int, default=0)
-    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     b.add_argument("--limit", type=int, default=0, help="index only the first N items")
     b.add_argument("--force", action="store_true", help="replace an existing index")
     ns = parser.parse_args(argv)

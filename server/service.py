@@ -19,16 +19,11 @@ from server.images import decode_base64, preprocess_all
 from server.metrics import Metrics
 from server.settings import Settings
 from server.store import IndexStore
-from trainer.checkpoint import checkpoint_fingerprint, load_checkpoint
+from trainer.checkpoint import load_checkpoint
+from trainer.device import pick_device
 from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
 from trainer.preprocess import EvalPreprocess
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class Service:
@@ -40,14 +35,13 @@ class Service:
         torch_threads, faiss_threads = settings.thread_split()
         torch.set_num_threads(torch_threads)
         faiss.omp_set_num_threads(faiss_threads)
-        self.state = load_checkpoint(settings.checkpoint)
-        self.config = self.state["config"]
-        self.nesting_list = [int(d) for d in self.config["nesting_list"]]
-        self.full_dim = self.nesting_list[-1]
-        self.fingerprint = checkpoint_fingerprint(self.state)
+        self.checkpoint = load_checkpoint(settings.checkpoint)
+        self.nesting_list = list(self.checkpoint.model.nesting_list)
+        self.full_dim = self.checkpoint.model.full_dim
+        self.fingerprint = self.checkpoint.fingerprint
         self.device = pick_device(settings.device)
-        self.encoder = load_encoder(self.state, self.device)
-        self.preprocess = EvalPreprocess.from_config(self.config)
+        self.encoder = load_encoder(self.checkpoint, self.device)
+        self.preprocess = EvalPreprocess.of(self.checkpoint.model)
         self.store = self.open_store() if settings.index_dir is not None else None
         self.batcher = Batcher(
             self._forward,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,27 +23,13 @@ import faiss
 import numpy as np
 
 from server.errors import Conflict, IndexFolderError, NotFound
-from server.wal import WriteAheadLog, decode_vectors, encode_vectors, fsync_dir, read_records
+from server.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
+from trainer.atomic import atomic_write
 from trainer.nesting import truncate_normalize_np
 from trainer.search import funnel_search, search_index
 
 FORMAT = "moco-matryoshka-index/1"
 CHUNK = 65536
-
-
-def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            os.fchmod(f.fileno(), 0o644)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_generation(
@@ -87,7 +72,8 @@ def write_generation(
         "items": items_name,
         "wal": f"wal-{generation}.jsonl",
     }
-    _write_json_atomic(directory / "manifest.json", manifest)
+    text = json.dumps(manifest, indent=1).encode()
+    atomic_write(directory / "manifest.json", lambda f: f.write(text))
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import IndexFolderError
+from trainer.atomic import fsync_dir
 
 
 def encode_vectors(x: np.ndarray) -> str:
@@ -30,14 +31,6 @@ def decode_vectors(text: str, width: int) -> np.ndarray:
 def _line(record: dict[str, Any]) -> bytes:
     body = json.dumps(record, separators=(",", ":")).encode()
     return b"%08x " % zlib.crc32(body) + body + b"\n"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:

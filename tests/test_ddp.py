@@ -68,7 +68,7 @@ def launcher(*args: str) -> list[str]:
 
 def checkpoint_step(out: Path) -> int | None:
     try:
-        return int(load_checkpoint(out / "checkpoint.pt")["step"])
+        return load_checkpoint(out / "checkpoint.pt").step
     except CheckpointError:
         return None
 
@@ -178,7 +178,7 @@ def test_two_launchers_nnodes_2_on_localhost(tmp_path, cache_dir, procs):
     codes = [wait_exit(p, out, []) for p in procs]
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     state = load_checkpoint(out / "checkpoint.pt")
-    assert state["step"] == 5 and state["config"]["world_size"] == 2
+    assert state.step == 5 and state.world_size == 2
 
 
 def tb_losses(out: Path) -> dict[str, list[float]]:
@@ -220,12 +220,12 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, procs):
             torch.tensor(lb[tag]), torch.tensor(la[tag]), rtol=1e-4, atol=1e-4
         )
     sa, sb = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(two / "checkpoint.pt")
-    for key in ("encoder_q", "encoder_k"):
-        for name, tensor in sa[key].items():
+    for ea, eb in ((sa.encoder_q, sb.encoder_q), (sa.encoder_k, sb.encoder_k)):
+        for name, tensor in ea.items():
             if "running_" in name or "num_batches" in name:
                 continue  # BN running statistics are per rank (DDP does not average them)
-            torch.testing.assert_close(sb[key][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(eb[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     # Rank r holds rows r, r+2, ... of the one-process batch; keys are gathered in rank order.
     rank_order = torch.cat([torch.arange(0, 128, 2), torch.arange(1, 128, 2)])
-    queue_one = sa["queue"].view(-1, 128, sa["queue"].shape[1])[:, rank_order]
-    torch.testing.assert_close(sb["queue"], queue_one.reshape(sb["queue"].shape), atol=1e-4, rtol=0)
+    queue_one = sa.queue.view(-1, 128, sa.queue.shape[1])[:, rank_order]
+    torch.testing.assert_close(sb.queue, queue_one.reshape(sb.queue.shape), atol=1e-4, rtol=0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import Checkpoint, save_checkpoint
 from trainer.errors import run_cli
 from trainer.evaluate import PROG, evaluate_embeddings, evaluate_encoder, main
 from trainer.metrics import knn_top1, map_at_k
@@ -150,22 +150,12 @@ def nan_x() -> np.ndarray:
 def checkpoint(tiny_config, tmp_path):
     """A real (untrained) checkpoint of the tiny config's model."""
     from trainer.model import build_moco
-    from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = tiny_config()
     torch.manual_seed(0)
     model = build_moco(cfg, bn_splits=1)
-    config = cfg.plain() | {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    state = {
-        "config": config,
-        "encoder_q": model.encoder_q.state_dict(),
-        "encoder_k": model.encoder_k.state_dict(),
-        "queue": model.queue,
-        "epoch": 0,
-        "step": 0,
-    }
     path = tmp_path / "run" / "checkpoint.pt"
-    save_checkpoint(state, path)
+    save_checkpoint(Checkpoint.capture(cfg, model), path)
     return path, cfg, model.encoder_q.eval()
 
 

@@ -70,6 +70,7 @@ def test_resnet_cifar_stem_and_head_dim(tiny_config):
 
 
 def test_head_bn_equalises_coordinate_energy_and_loads(tiny_config):
+    from trainer.checkpoint import Checkpoint
     from trainer.model import load_encoder
 
     cfg = tiny_config(head_bn=True)
@@ -82,7 +83,6 @@ def test_head_bn_equalises_coordinate_energy_and_loads(tiny_config):
         r = raw[split::2]
         expected = (r - r.mean(0)) / torch.sqrt(r.var(0, unbiased=False) + 1e-5)
         torch.testing.assert_close(out[split::2], expected, atol=1e-4, rtol=1e-4)
-    state = {"config": cfg.plain(), "encoder_q": model.encoder_q.state_dict()}
-    encoder = load_encoder(state)
+    encoder = load_encoder(Checkpoint.capture(cfg, model))
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(encoder(x), model.encoder_q.eval()(x))

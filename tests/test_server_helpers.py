@@ -48,9 +48,9 @@ def build_index(checkpoint: Path, dataset: str, out: Path, limit: int = 0) -> Pa
 
 def evaluator_embeddings(checkpoint: Path, ds: datasets.Dataset) -> np.ndarray:
     """What `trainer.evaluate` extracts for these images: the reference for the server."""
-    state = load_checkpoint(checkpoint)
-    preprocess = EvalPreprocess.from_config(state["config"])
-    ref, _ = extract_embeddings(load_encoder(state), ds, preprocess, "image", "label", "cpu")
+    ckpt = load_checkpoint(checkpoint)
+    preprocess = EvalPreprocess.of(ckpt.model)
+    ref, _ = extract_embeddings(load_encoder(ckpt), ds, preprocess, "image", "label", "cpu")
     return ref
 
 

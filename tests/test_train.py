@@ -26,14 +26,14 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
     spe = 320 // 32
     split = tiny_config(output_dir=tmp_path / "split", epochs=2, max_steps=spe)
     train(split)
-    assert load_checkpoint(split.output_dir / "checkpoint.pt")["step"] == spe
+    assert load_checkpoint(split.output_dir / "checkpoint.pt").step == spe
     train(tiny_config(output_dir=tmp_path / "split", epochs=2, resume="auto"))
     a = load_checkpoint(straight.output_dir / "checkpoint.pt")
     b = load_checkpoint(split.output_dir / "checkpoint.pt")
-    assert a["step"] == b["step"] == 2 * spe
-    for name in a["encoder_q"]:
-        torch.testing.assert_close(a["encoder_q"][name], b["encoder_q"][name], rtol=0, atol=0)
-    torch.testing.assert_close(a["queue"], b["queue"], rtol=0, atol=0)
+    assert a.step == b.step == 2 * spe
+    for name in a.encoder_q:
+        torch.testing.assert_close(a.encoder_q[name], b.encoder_q[name], rtol=0, atol=0)
+    torch.testing.assert_close(a.queue, b.queue, rtol=0, atol=0)
 
 
 def test_mid_epoch_resume_is_exact(tiny_config, tmp_path):
@@ -43,8 +43,8 @@ def test_mid_epoch_resume_is_exact(tiny_config, tmp_path):
     train(tiny_config(output_dir=tmp_path / "b", epochs=1, resume="auto"))
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
-    for name in a["encoder_q"]:
-        torch.testing.assert_close(a["encoder_q"][name], b["encoder_q"][name], rtol=0, atol=0)
+    for name in a.encoder_q:
+        torch.testing.assert_close(a.encoder_q[name], b.encoder_q[name], rtol=0, atol=0)
 
 
 def test_short_run_lowers_loss_at_every_dim(tiny_config):
@@ -103,12 +103,11 @@ def test_sigterm_mid_epoch_saves_and_resumes(tiny_dataset, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "stop signal: saved step" in err
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert 10 <= state["step"] < 200 * 10
-    step = state["step"]
+    step = load_checkpoint(out / "checkpoint.pt").step
+    assert 10 <= step < 200 * 10
     resumed = subprocess.run(
         [*args, "--max-steps", str(step + 2)], capture_output=True, text=True, env=env, timeout=120
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'checkpoint.pt'} at step {step}" in resumed.stderr
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == step + 2
+    assert load_checkpoint(out / "checkpoint.pt").step == step + 2

@@ -7,14 +7,25 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from trainer.errors import UsageError
 from trainer.nesting import parse_nesting_list
+from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-ARCHS = ("convnet", "resnet18", "resnet50")
+Arch = Literal["convnet", "resnet18", "resnet50"]
+
+
+def _nesting(v: object) -> list[int]:
+    try:
+        return parse_nesting_list(v)  # type: ignore[arg-type]
+    except UsageError as e:
+        raise ValueError(str(e)) from None
+
+
+NestingList = Annotated[list[int], BeforeValidator(_nesting)]
 
 
 class TrainConfig(BaseModel):
@@ -32,11 +43,11 @@ class TrainConfig(BaseModel):
     test_split: str = Field(
         "auto", description="split used for evaluation; auto = test or validation"
     )
-    arch: Literal["convnet", "resnet18", "resnet50"] = Field(
+    arch: Arch = Field(
         "convnet", description="backbone: convnet (small, CPU default), resnet18, resnet50"
     )
     image_size: int = Field(32, ge=16, le=512, description="training crop size in pixels")
-    nesting_list: list[int] = Field(
+    nesting_list: NestingList = Field(
         [8, 16, 32, 64, 128, 256],
         description="Matryoshka dims, comma-separated, ascending; the last is the head dim",
     )
@@ -88,14 +99,6 @@ class TrainConfig(BaseModel):
         False, description="allow a queue holding over 25%% of the dataset (usually collapses)"
     )
 
-    @field_validator("nesting_list", mode="before")
-    @classmethod
-    def _parse_nesting(cls, v: object) -> list[int]:
-        try:
-            return parse_nesting_list(v)  # type: ignore[arg-type]
-        except UsageError as e:
-            raise ValueError(str(e)) from None
-
     @property
     def embed_dim(self) -> int:
         return self.nesting_list[-1]
@@ -103,6 +106,39 @@ class TrainConfig(BaseModel):
     def plain(self) -> dict:
         """JSON-safe dict, for the checkpoint (weights_only) and TensorBoard."""
         return self.model_dump(mode="json")
+
+
+class ModelConfig(BaseModel):
+    """What rebuilds the encoder and its input preprocessing exactly as trained.
+
+    Training writes it into the checkpoint; evaluation and the server read nothing else.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Arch
+    nesting_list: NestingList
+    image_size: int = Field(ge=16, le=512)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mlp_hidden: int = Field(ge=0)
+    head_bn: bool
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> ModelConfig:
+        return cls(
+            arch=cfg.arch,
+            nesting_list=cfg.nesting_list,
+            image_size=cfg.image_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            mlp_hidden=cfg.mlp_hidden,
+            head_bn=cfg.head_bn,
+        )
+
+    @property
+    def full_dim(self) -> int:
+        return self.nesting_list[-1]
 
 
 def _flag_type(annotation: object) -> tuple[object, tuple[str, ...] | None]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from trainer.device import pick_device
 from trainer.errors import UsageError
 
 BACKENDS = ("auto", "nccl", "gloo")
@@ -216,18 +217,6 @@ def choose_backend(
     return "nccl"
 
 
-def _pick_device(device_pref: str, env: DistEnv, on_mig: bool) -> torch.device:
-    if device_pref == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        if device_pref == "cuda":
-            raise UsageError("--device cuda, but no CUDA GPU is available")
-        return torch.device("cpu")
-    if on_mig:
-        return torch.device("cuda", 0)
-    return torch.device("cuda", env.local_rank % torch.cuda.device_count())
-
-
 def setup(
     requested_backend: str, device_pref: str, environ: MutableMapping[str, str]
 ) -> tuple[DistEnv, torch.device, str]:
@@ -240,7 +229,7 @@ def setup(
     mig_slice = None
     if device_pref != "cpu":
         mig_slice = pin_mig_slice(env, environ, run_nvidia_smi_list())
-    device = _pick_device(device_pref, env, mig_slice is not None)
+    device = pick_device(device_pref, 0 if mig_slice is not None else env.local_rank)
     cuda = device.type == "cuda"
     backend = choose_backend(
         requested_backend,

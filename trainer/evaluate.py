@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig, make_parser
+from trainer.config import ModelConfig, TrainConfig, make_parser
+from trainer.device import pick_device
 from trainer.errors import UsageError, run_cli
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import default_dims, parse_nesting_list
 from trainer.report import load_result, markdown_table, plot, run_label
 from trainer.search import GPU_MAX_K, build_index, gpu_count, search_index, set_threads
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint
 
 PROG = "python -m trainer.evaluate"
 NPZ_KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -87,7 +92,7 @@ def score_dims(
 
 
 def metric_rows(sums: np.ndarray, n_test: int, dims: list[int], k: int, map_k: int) -> list[dict]:
-    """The JSON rows of DESIGN.md from summed scores."""
+    """The eval.json rows (docs/EVALUATION.md) from summed scores."""
     return [
         {
             "dim": int(d),
@@ -135,44 +140,24 @@ def evaluate_encoder(
     k: int = 20,
     map_k: int = 10,
     batch_size: int | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
 ) -> list[dict]:
     """In-training evaluation on cfg's test split; every rank must call it, all get the rows.
 
     Each rank embeds its share of both splits (all-gathered), then scores its share of the
     test queries against the whole bank; the sums are all-reduced.
     """
-    from trainer.data import load_splits
-    from trainer.embed import extract_embeddings
-    from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
-
     device = torch.device(device)
     # a DDP wrapper would sync buffers on every forward; ranks run different batch counts
     encoder = getattr(encoder, "module", encoder)
-    preprocess = EvalPreprocess(cfg.image_size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
-    train_ds, test_ds = load_splits(cfg)
     was_training = encoder.training
     encoder.eval()
     try:
-        embedded = [
-            extract_embeddings(
-                encoder,
-                ds,
-                preprocess,
-                cfg.image_column,
-                cfg.label_column,
-                device,
-                batch_size or cfg.batch_size,
-                rank,
-                world_size,
-                desc=f"embed {name}",
-            )
-            for name, ds in (("train", train_ds), ("test", test_ds))
-        ]
+        batch = batch_size or cfg.batch_size
+        train_x, train_y, test_x, test_y = embed_splits(
+            encoder, cfg, ModelConfig.of(cfg), device, batch, 0, rank, world_size
+        )
     finally:
         encoder.train(was_training)
-    (train_x, train_y), (test_x, test_y) = embedded
     dims = list(cfg.nesting_list)
     check_embeddings(train_x, train_y, test_x, test_y, dims, k, map_k)
     set_threads(torch.get_num_threads())
@@ -217,65 +202,57 @@ def load_npz(path: Path) -> tuple[np.ndarray, ...]:
         raise UsageError(f"--embeddings {path}: not a readable .npz ({type(e).__name__})") from None
 
 
-def _config_from_checkpoint(state: dict, args) -> TrainConfig:
-    saved = {k: v for k, v in state["config"].items() if k in TrainConfig.model_fields}
-    if args.dataset:
-        saved["dataset"] = args.dataset
-    if args.cache_dir:
-        saved["cache_dir"] = args.cache_dir
-    try:
-        return TrainConfig(**saved)
-    except Exception as e:
-        raise UsageError(
-            f"checkpoint {args.checkpoint}: its config is not usable ({str(e).splitlines()[0]})"
-        ) from None
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def embed_checkpoint(args) -> tuple[tuple[np.ndarray, ...], dict, TrainConfig]:
-    """Load the checkpoint, embed both splits once at full dim."""
-    from trainer.checkpoint import load_checkpoint
+def embed_splits(
+    encoder: torch.nn.Module,
+    cfg: TrainConfig,
+    model: ModelConfig,
+    device: torch.device,
+    batch_size: int,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[np.ndarray, ...]:
+    """(train_x, train_y, test_x, test_y): cfg's two splits at full dim, as the server embeds."""
     from trainer.data import load_splits
     from trainer.embed import extract_embeddings
-    from trainer.model import load_encoder
-    from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
+    from trainer.preprocess import EvalPreprocess
 
-    state = load_checkpoint(args.checkpoint)
-    config = state["config"]
-    cfg = _config_from_checkpoint(state, args)
-    device = _pick_device(args.device)
-    encoder = load_encoder(state, device)
-    if args.random_init:
-        torch.manual_seed(cfg.seed)
-        for module in encoder.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    preprocess = EvalPreprocess(
-        cfg.image_size, config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
-    )
-    train_ds, test_ds = load_splits(cfg)
-    arrays = []
-    for name, ds in (("train", train_ds), ("test", test_ds)):
-        x, y = extract_embeddings(
+    preprocess = EvalPreprocess.of(model)
+    arrays: list[np.ndarray] = []
+    for name, ds in zip(("train", "test"), load_splits(cfg), strict=True):
+        arrays += extract_embeddings(
             encoder,
             ds,
             preprocess,
             cfg.image_column,
             cfg.label_column,
             device,
-            args.batch_size,
-            workers=args.workers,
+            batch_size,
+            rank,
+            world_size,
+            workers=workers,
             desc=f"embed {name}",
         )
-        arrays += [x, y]
-    return tuple(arrays), state, cfg
+    return tuple(arrays)
+
+
+def embed_checkpoint(args) -> tuple[tuple[np.ndarray, ...], Checkpoint, TrainConfig]:
+    """Load the checkpoint, embed both splits once at full dim."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.model import load_encoder
+
+    ckpt = load_checkpoint(args.checkpoint)
+    overrides = {"dataset": args.dataset, "cache_dir": args.cache_dir}
+    cfg = ckpt.train.model_copy(update={k: v for k, v in overrides.items() if v})
+    device = pick_device(args.device)
+    encoder = load_encoder(ckpt, device)
+    if args.random_init:
+        torch.manual_seed(cfg.seed)
+        for module in encoder.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    arrays = embed_splits(encoder, cfg, ckpt.model, device, args.batch_size, args.workers)
+    return arrays, ckpt, cfg
 
 
 def build_parser():
@@ -324,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         source = {"checkpoint": None, "dataset": args.dataset or str(args.embeddings)}
         model_dims = default_dims(arrays[0].shape[1]) if arrays[0].ndim == 2 else [1]
     else:
-        arrays, state, cfg = embed_checkpoint(args)
+        arrays, ckpt, cfg = embed_checkpoint(args)
         source = {"checkpoint": str(args.checkpoint), "dataset": cfg.dataset}
-        model_dims = list(state["config"]["nesting_list"])
+        model_dims = list(ckpt.model.nesting_list)
     dims = parse_nesting_list(args.nesting_list) if args.nesting_list else model_dims
     if args.save_embeddings:
         args.save_embeddings.parent.mkdir(parents=True, exist_ok=True)

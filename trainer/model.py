@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -12,6 +12,10 @@ import torch.nn.functional as F
 import torchvision
 
 from trainer import distributed as dist
+from trainer.config import ModelConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -102,22 +106,14 @@ class OutputNorm(nn.Module):
 class Encoder(nn.Module):
     """Backbone + MoCo v2 MLP head. Its output is the D-dim Matryoshka embedding (raw)."""
 
-    def __init__(
-        self,
-        arch: str,
-        embed_dim: int,
-        image_size: int,
-        hidden: int = 0,
-        bn_splits: int = 1,
-        head_bn: bool = False,
-    ):
+    def __init__(self, spec: ModelConfig, bn_splits: int = 1):
         super().__init__()
         norm = partial(SplitBatchNorm, num_splits=bn_splits)
-        self.backbone, width = build_backbone(arch, image_size, norm)
-        hidden = hidden or width
-        layers = [nn.Linear(width, hidden), nn.ReLU(True), nn.Linear(hidden, embed_dim)]
-        if head_bn:
-            layers.append(OutputNorm(embed_dim, norm))
+        self.backbone, width = build_backbone(spec.arch, spec.image_size, norm)
+        hidden = spec.mlp_hidden or width
+        layers = [nn.Linear(width, hidden), nn.ReLU(True), nn.Linear(hidden, spec.full_dim)]
+        if spec.head_bn:
+            layers.append(OutputNorm(spec.full_dim, norm))
         self.head = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,22 +175,13 @@ class MoCo(nn.Module):
         return q, k
 
 
-def build_moco(cfg, bn_splits: int) -> MoCo:
-    encoder = Encoder(
-        cfg.arch, cfg.embed_dim, cfg.image_size, cfg.mlp_hidden, bn_splits, cfg.head_bn
-    )
+def build_moco(cfg: TrainConfig, bn_splits: int) -> MoCo:
+    encoder = Encoder(ModelConfig.of(cfg), bn_splits)
     return MoCo(encoder, cfg.embed_dim, cfg.queue_size, cfg.moco_m)
 
 
-def load_encoder(state: dict, device: torch.device | str = "cpu") -> Encoder:
+def load_encoder(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> Encoder:
     """The query encoder of a loaded checkpoint, in eval mode, on `device`."""
-    c = state["config"]
-    encoder = Encoder(
-        c["arch"],
-        c["nesting_list"][-1],
-        c["image_size"],
-        c.get("mlp_hidden", 0),
-        head_bn=c.get("head_bn", False),
-    )
-    encoder.load_state_dict(state["encoder_q"])
+    encoder = Encoder(checkpoint.model)
+    encoder.load_state_dict(checkpoint.encoder_q)
     return encoder.to(device).eval()

@@ -7,11 +7,15 @@ an image equals the evaluator's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
+
+if TYPE_CHECKING:
+    from trainer.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,8 +69,9 @@ class EvalPreprocess:
         self.mean, self.std = tuple(mean), tuple(std)
 
     @classmethod
-    def from_config(cls, config: dict) -> EvalPreprocess:
-        return cls(config["image_size"], config["mean"], config["std"])
+    def of(cls, model: ModelConfig) -> EvalPreprocess:
+        """The preprocessing a checkpoint's model was trained for."""
+        return cls(model.image_size, model.mean, model.std)
 
     def uint8(self, image: Image.Image | np.ndarray | dict) -> torch.Tensor:
         t = resize_center_crop(decode_rgb(image), stored_size(self.image_size))

@@ -1,7 +1,7 @@
 """The built-in `shapes` dataset: full-frame patterns that survive MoCo's random crops.
 
 Small shapes on a background do not train (a 20% crop often shows only background; see
-CALIBRATION.md), so every class here is a texture that fills the frame: a crop of any part
+docs/CALIBRATION.md), so every class here is a texture that fills the frame: a crop of any part
 still shows the class. Colours, frequency, phase, centre and orientation are random, so raw
 pixels are a poor feature and a learned invariance helps.
 """

@@ -20,25 +20,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from trainer import distributed as dist
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import TrainConfig, parse_train_args
+from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import ModelConfig, TrainConfig, parse_train_args
 from trainer.data import TrainData, load_splits
 from trainer.errors import UsageError, run_cli
 from trainer.loss import MoCoMatryoshkaLoss, training_weights
 from trainer.model import MoCo, build_moco
-from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 MAX_QUEUE_FRACTION = 0.25
-# Config fields a resumed run must share with its checkpoint.
-RESUME_MUST_MATCH = (
-    "arch",
-    "nesting_list",
-    "image_size",
-    "queue_size",
-    "mlp_hidden",
-    "head_bn",
-    "dataset",
-)
+# Besides the whole ModelConfig, a resumed run must share these with its checkpoint.
+RESUME_MUST_MATCH = ("queue_size", "dataset")
 
 
 class StopFlag:
@@ -80,26 +71,6 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, world_size:
     return peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def checkpoint_state(cfg, model: MoCo, optimizer, step: int, steps_per_epoch: int, world_size: int):
-    config = cfg.plain() | {
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "world_size": world_size,
-        "embed_dim": cfg.embed_dim,
-    }
-    return {
-        "config": config,
-        "encoder_q": model.encoder_q.state_dict(),
-        "encoder_k": model.encoder_k.state_dict(),
-        "queue": model.queue,
-        "queue_ptr": int(model.queue_ptr),
-        "optimizer": optimizer.state_dict(),
-        "scaler": {},
-        "epoch": step // steps_per_epoch,
-        "step": step,
-    }
-
-
 def resume_path(cfg: TrainConfig) -> Path | None:
     if cfg.resume == "never":
         return None
@@ -113,21 +84,24 @@ def resume_path(cfg: TrainConfig) -> Path | None:
 
 
 def restore(cfg: TrainConfig, path: Path, model: MoCo, optimizer, device) -> int:
-    state = load_checkpoint(path, map_location=device)
-    saved = state["config"]
-    for key in RESUME_MUST_MATCH:
-        if saved.get(key) != cfg.plain().get(key):
+    ckpt = load_checkpoint(path, map_location=device)
+    now = ModelConfig.of(cfg)
+    pairs = [(k, getattr(ckpt.model, k), getattr(now, k)) for k in ModelConfig.model_fields]
+    pairs += [(k, getattr(ckpt.train, k), getattr(cfg, k)) for k in RESUME_MUST_MATCH]
+    for key, saved, now in pairs:
+        if saved != now:
             raise UsageError(
-                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
-                f"this run has {cfg.plain().get(key)!r} "
-                "(use another --output-dir or --resume never)"
+                f"cannot resume from {path}: it was trained with {key}={saved!r}, "
+                f"this run has {now!r} (use another --output-dir or --resume never)"
             )
-    model.encoder_q.load_state_dict(state["encoder_q"])
-    model.encoder_k.load_state_dict(state["encoder_k"])
-    model.queue.copy_(state["queue"])
-    model.queue_ptr.fill_(int(state["queue_ptr"]))
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+    if ckpt.optimizer is None:
+        raise UsageError(f"cannot resume from {path}: it holds no optimizer state")
+    model.encoder_q.load_state_dict(ckpt.encoder_q)
+    model.encoder_k.load_state_dict(ckpt.encoder_k)
+    model.queue.copy_(ckpt.queue)
+    model.queue_ptr.fill_(ckpt.queue_ptr)
+    optimizer.load_state_dict(ckpt.optimizer)
+    return ckpt.step
 
 
 def log_epoch(out_dir: Path, record: dict) -> None:
@@ -196,7 +170,9 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)
     writer = SummaryWriter(str(cfg.output_dir / "tb"), purge_step=step) if env.is_main else None
     stop = StopFlag()
-    state = lambda s: checkpoint_state(cfg, model, optimizer, s, spe, env.world_size)  # noqa: E731
+    state = lambda s: Checkpoint.capture(  # noqa: E731
+        cfg, model, optimizer, step=s, epoch=s // spe, world_size=env.world_size
+    )
     ckpt = cfg.output_dir / "checkpoint.pt"
     history: list[dict] = []
 
