@@ -45,6 +45,14 @@ class UnsupportedMedia(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class MalformedBody(ApiError):
+    status, code = 400, "malformed_body"
+
+
+class NotReady(ApiError):
+    status, code = 503, "not_ready"
+
+
 class Overloaded(ApiError):
     status, code = 503, "overloaded"
 

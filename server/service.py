@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,18 @@ from server.batcher import Batcher
 from server.errors import BadInput, Conflict
 from server.images import decode_base64, preprocess_all
 from server.metrics import Metrics
+from server.schemas import (
+    AddResponse,
+    DeleteResponse,
+    EmbedResponse,
+    Hit,
+    ImageItem,
+    ImageSearch,
+    ModelInfo,
+    SearchResponse,
+    VectorItem,
+    VectorSearch,
+)
 from server.settings import Settings
 from server.store import IndexStore
 from trainer.checkpoint import load_checkpoint
@@ -24,6 +36,17 @@ from trainer.device import pick_device
 from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
 from trainer.preprocess import EvalPreprocess
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request's dims, k and query vectors after the checkpoint's and the operator's rules."""
+
+    dim: int
+    rerank_dim: int | None
+    k: int
+    shortlist: int | None
+    vectors: np.ndarray | None
 
 
 class Service:
@@ -98,7 +121,44 @@ class Service:
 
     # validation ------------------------------------------------------------------------
 
-    def check_dim(self, dim: int | None, what: str = "dim") -> int:
+    def check(
+        self,
+        n: int,
+        what: str,
+        *,
+        dim: int | None = None,
+        rerank_dim: int | None = None,
+        k: int = 1,
+        shortlist: int | None = None,
+        vectors: list[list[float]] | None = None,
+        full_dim_only: bool = False,
+    ) -> Checked:
+        """Every rule that depends on the checkpoint or the operator's limits, in one place.
+
+        The static rules (k >= 1, list sizes, finite float32 values) are in server.schemas.
+        """
+        limit = self.settings.max_images
+        if n > limit:
+            raise BadInput(f"batch too large: {n} {what}, the limit is {limit}")
+        dim = self._allowed_dim(dim, "dim")
+        if rerank_dim is not None:
+            rerank_dim = self._allowed_dim(rerank_dim, "rerank_dim")
+            if rerank_dim < dim:
+                raise BadInput(f"rerank_dim {rerank_dim} must be at least dim {dim}")
+        max_k = self.settings.max_k
+        if k > max_k:
+            raise BadInput(f"k={k} is out of range; allowed 1..{max_k}")
+        if shortlist is not None and not k <= shortlist <= 100 * max_k:
+            raise BadInput(f"shortlist must be between k={k} and {100 * max_k}")
+        x = None
+        if vectors is not None:
+            lengths = (
+                {self.full_dim} if full_dim_only else {max(dim, rerank_dim or 0), self.full_dim}
+            )
+            x = self._vectors(vectors, lengths)
+        return Checked(dim, rerank_dim, k, shortlist, x)
+
+    def _allowed_dim(self, dim: int | None, what: str) -> int:
         if dim is None:
             return self.full_dim
         if dim not in self.nesting_list:
@@ -106,43 +166,102 @@ class Service:
             raise BadInput(f"{what} {dim} is not allowed; allowed dims: {allowed}")
         return dim
 
-    def check_count(self, n: int, what: str) -> None:
-        if n == 0:
-            raise BadInput(f"empty batch: give at least one {what[:-1]}")
-        if n > self.settings.max_images:
-            raise BadInput(f"batch too large: {n} {what}, the limit is {self.settings.max_images}")
-
-    def check_vectors(self, vectors: list[list[float]], lengths: set[int]) -> np.ndarray:
-        """Float32 [n, L] with every L in `lengths`, all finite."""
+    @staticmethod
+    def _vectors(vectors: list[list[float]], lengths: set[int]) -> np.ndarray:
+        """Float32 [n, L] with every L in `lengths` and a direction (not all zeros)."""
         shown = " or ".join(map(str, sorted(lengths)))
         for i, v in enumerate(vectors):
             if len(v) not in lengths:
                 raise BadInput(f"vector {i} has length {len(v)}; expected {shown}")
-            if not all(math.isfinite(x) for x in v):
-                raise BadInput(f"vector {i} contains NaN or infinity")
         if len({len(v) for v in vectors}) > 1:
             raise BadInput("all vectors in a request must have the same length")
-        x = np.asarray(vectors, dtype=np.float64)
-        if (np.abs(x) > np.finfo(np.float32).max).any():
-            raise BadInput("a vector has values too large for float32")
+        x = np.asarray(vectors, dtype=np.float32)
         if (np.abs(x).max(axis=1) == 0).any():
             raise BadInput("a vector is all zeros (it has no direction)")
-        return x.astype(np.float32)
+        return x
 
     def require_index(self) -> IndexStore:
         if self.store is None:
             raise Conflict("this server has no index; start it with --index-dir DIR")
         return self.store
 
+    # requests --------------------------------------------------------------------------
+
+    def model_info(self) -> ModelInfo:
+        ckpt = self.checkpoint
+        return ModelInfo(
+            arch=ckpt.model.arch,
+            nesting_list=self.nesting_list,
+            full_dim=self.full_dim,
+            image_size=ckpt.model.image_size,
+            step=ckpt.step,
+            epoch=ckpt.epoch,
+            fingerprint=self.fingerprint,
+            index_size=len(self.store) if self.store is not None else None,
+            read_only=self.settings.read_only,
+        )
+
+    async def embed(self, images: list[str] | list[bytes], dim: int | None) -> EmbedResponse:
+        """Base64 text (JSON) or raw file bytes (multipart) -> embeddings at `dim`."""
+        checked = self.check(len(images), "images", dim=dim)
+        raw = await self.embed_images(images)
+        return EmbedResponse(dim=checked.dim, embeddings=self.at_dim(raw, checked.dim).tolist())
+
+    async def search(self, body: ImageSearch | VectorSearch) -> SearchResponse:
+        queries = body.images if isinstance(body, ImageSearch) else body.vectors
+        c = self.check(
+            len(queries),
+            "queries",
+            dim=body.dim,
+            rerank_dim=body.rerank_dim,
+            k=body.k,
+            shortlist=body.shortlist,
+            vectors=body.vectors if isinstance(body, VectorSearch) else None,
+        )
+        self.require_index()
+        x = c.vectors if c.vectors is not None else await self.embed_images(body.images)
+        scores, rows, items = await self._search(x, c.k, c.dim, c.rerank_dim, c.shortlist)
+        return SearchResponse(
+            dim=c.dim,
+            rerank_dim=c.rerank_dim,
+            results=[
+                [Hit.of(items[r], s) for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)]
+                for srow, rrow in zip(scores, rows, strict=True)
+            ],
+        )
+
+    async def add_items(self, items: list[ImageItem | VectorItem]) -> AddResponse:
+        """Embed (images) or take (full-dim vectors), then log durably before answering."""
+        self.require_index()
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            raise BadInput("duplicate ids in the request")
+        with_images = [i for i, it in enumerate(items) if isinstance(it, ImageItem)]
+        with_vectors = [i for i, it in enumerate(items) if isinstance(it, VectorItem)]
+        given = [v.vector for v in items if isinstance(v, VectorItem)]
+        checked = self.check(len(items), "items", vectors=given or None, full_dim_only=True)
+        vectors = np.empty((len(ids), self.full_dim), dtype=np.float32)
+        if checked.vectors is not None:
+            vectors[with_vectors] = checked.vectors
+        if with_images:
+            blobs = [it.image for it in items if isinstance(it, ImageItem)]
+            vectors[with_images] = await self.embed_images(blobs)
+        records = [{"id": it.id, "label": it.label, "metadata": it.metadata} for it in items]
+        size = await self._mutate(lambda store: store.add(records, vectors))
+        return AddResponse(added=len(records), size=size)
+
+    async def delete(self, item_id: str) -> DeleteResponse:
+        size = await self._mutate(lambda store: store.delete(item_id))
+        return DeleteResponse(deleted=item_id, size=size)
+
     # work ------------------------------------------------------------------------------
 
-    async def embed_base64(self, images: list[str]) -> np.ndarray:
-        self.check_count(len(images), "images")
-        blobs = [decode_base64(text, i) for i, text in enumerate(images)]
-        return await self.embed_bytes(blobs)
-
-    async def embed_bytes(self, blobs: list[bytes]) -> np.ndarray:
-        self.check_count(len(blobs), "images")
+    async def embed_images(self, images: list[str] | list[bytes]) -> np.ndarray:
+        """Full-dim raw embeddings of base64 text or raw image bytes."""
+        blobs = [
+            decode_base64(image, i) if isinstance(image, str) else image
+            for i, image in enumerate(images)
+        ]
         x = await anyio.to_thread.run_sync(
             preprocess_all, blobs, self.preprocess, self.settings.max_pixels
         )
@@ -152,11 +271,7 @@ class Service:
     def at_dim(raw: np.ndarray, dim: int) -> np.ndarray:
         return truncate_normalize_np(raw, dim)
 
-    def check_k(self, k: int) -> None:
-        if not 1 <= k <= self.settings.max_k:
-            raise BadInput(f"k={k} is out of range; allowed 1..{self.settings.max_k}")
-
-    async def search(
+    async def _search(
         self,
         queries: np.ndarray,
         k: int,
@@ -179,12 +294,6 @@ class Service:
             return scores, rows, items
 
         return await anyio.to_thread.run_sync(run)
-
-    async def add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> int:
-        return await self._mutate(lambda store: store.add(items, vectors))
-
-    async def delete(self, item_id: str) -> int:
-        return await self._mutate(lambda store: store.delete(item_id))
 
     async def _mutate(self, change: Callable[[IndexStore], object]) -> int:
         """Apply one durable edit off the event loop, compacting the log when it is long."""

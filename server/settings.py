@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.schemas import MAX_BATCH, MAX_K
+
 
 def available_cores() -> int:
     """Cores this process may run on (the container's share, not the host's)."""
@@ -40,10 +42,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="wait this long to fill a batch")
     max_queue: int = Field(64, ge=1, description="embed requests waiting; beyond -> 503")
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
-    max_images: int = Field(64, ge=1, description="images (or vectors) per request")
+    max_images: int = Field(64, ge=1, le=MAX_BATCH, description="images (or vectors) per request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit")
     max_pixels: int = Field(4096 * 4096, ge=1, description="pixels per image (bombs refused)")
-    max_k: int = Field(1000, ge=1, description="largest k in a search")
+    max_k: int = Field(1000, ge=1, le=MAX_K, description="largest k in a search")
     shortlist_factor: int = Field(10, ge=1, description="adaptive shortlist = factor x k")
     compact_every: int = Field(1000, ge=1, description="compact the write-ahead log after N ops")
     reload_interval_s: float = Field(

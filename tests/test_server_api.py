@@ -102,7 +102,7 @@ def test_embed_multipart(client, tiny_dataset):
     image = split(tiny_dataset)[0]["image"]
     png = base64.b64decode(png_b64(image))
     files = [("files", ("a.png", png, "image/png")), ("files", ("b.png", png, "image/png"))]
-    r = client.post("/v1/embed", files=files, data={"dim": "16"})
+    r = client.post("/v1/embed/files", files=files, data={"dim": "16"})
     assert r.status_code == 200, r.text
     emb = np.array(r.json()["embeddings"])
     assert emb.shape == (2, 16)
@@ -208,10 +208,16 @@ def _bad_cases():
         ("too many pixels", "/v1/embed", {"images": [_png_of_size(300, 300)]}, 413, "pixels"),
         ("dim not allowed", "/v1/embed", {"images": [ok], "dim": 12}, 422, "8, 16, 32, 64"),
         ("dim wrong type", "/v1/embed", {"images": [ok], "dim": "x"}, 422, "dim"),
-        ("empty batch", "/v1/embed", {"images": []}, 422, "empty batch"),
+        ("empty batch", "/v1/embed", {"images": []}, 422, "at least 1 item"),
         ("batch too large", "/v1/embed", {"images": [ok] * 9}, 422, "limit is 8"),
         ("unknown field", "/v1/embed", {"images": [ok], "dims": 8}, 422, "dims"),
-        ("k zero", "/v1/search", {"vectors": [v64], "k": 0}, 422, "k=0"),
+        (
+            "k zero",
+            "/v1/search",
+            {"vectors": [v64], "k": 0},
+            422,
+            "body.k: Input should be greater",
+        ),
         ("k too big", "/v1/search", {"vectors": [v64], "k": 51}, 422, "1..50"),
         (
             "vector wrong length",
@@ -220,9 +226,21 @@ def _bad_cases():
             422,
             "expected 16 or 64",
         ),
-        ("vector NaN", "/v1/search", '{"vectors": [[NaN' + ", 0.1" * 63 + "]]}", 422, "NaN"),
-        ("vector inf", "/v1/search", '{"vectors": [[Infinity' + ", 0.1" * 63 + "]]}", 422, "NaN"),
-        ("vector beyond float32", "/v1/search", {"vectors": [[1e39] * 64]}, 422, "float32"),
+        ("vector NaN", "/v1/search", '{"vectors": [[NaN' + ", 0.1" * 63 + "]]}", 422, "finite"),
+        (
+            "vector inf",
+            "/v1/search",
+            '{"vectors": [[Infinity' + ", 0.1" * 63 + "]]}",
+            422,
+            "finite",
+        ),
+        (
+            "vector beyond float32",
+            "/v1/search",
+            {"vectors": [[1e39] * 64]},
+            422,
+            "less than or equal to 3402823",
+        ),
         ("vector zero", "/v1/search", {"vectors": [[0.0] * 64]}, 422, "zeros"),
         (
             "vector ragged",
@@ -231,7 +249,7 @@ def _bad_cases():
             422,
             "same length",
         ),
-        ("no vectors", "/v1/search", {"vectors": []}, 422, "empty batch"),
+        ("no vectors", "/v1/search", {"vectors": []}, 422, "at least 1 item"),
         ("both kinds", "/v1/search", {"vectors": [v64], "images": [ok]}, 422, "exactly one"),
         (
             "rerank below dim",
@@ -288,12 +306,15 @@ def test_raw_body_errors(make_client):
     r = client.post("/v1/embed", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     r = client.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "json" in r.json()["detail"].lower()
+    assert r.status_code == 400 and r.json()["error"] == "malformed_body"
     r = client.post("/v1/embed", content=b"abc", headers={"content-type": "text/plain"})
     assert r.status_code == 415
-    r = client.post("/v1/embed", files=[("files", ("a", b"zz", "image/png"))], data={"dim": "q"})
+    png = [("files", ("a", b"zz", "image/png"))]
+    r = client.post("/v1/embed", files=png)
+    assert r.status_code == 415 and "/v1/embed/files" in r.json()["detail"]
+    r = client.post("/v1/embed/files", files=png, data={"dim": "q"})
     assert r.status_code == 422 and "integer" in r.json()["detail"]
-    r = client.post("/v1/embed", files=[("files", ("a", b"zz", "image/png"))])
+    r = client.post("/v1/embed/files", files=png)
     assert r.status_code == 422 and "not an image" in r.json()["detail"]
     assert client.post("/v1/search", content=b"[]").status_code == 422
     assert client.get("/nope").status_code == 404
