@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_INSTALL := $(VENV)/bin/pip install --disable-pip-version-check -q
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,train,serve,dev
 
 # Training knobs (any trainer flag can also go through ARGS="--flag value").
 DATASET ?= shapes
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(PIP_INSTALL) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (pip install -e '.[cpu,dev]')
+setup: $(STAMP) ## create .venv and install the project (pip install -e '.[cpu,train,serve,dev]')
 
 train: $(STAMP) ## train (default: built-in shapes, small CNN, CPU, a few minutes)
 	$(PY) -m trainer.train $(TRAIN_FLAGS)

@@ -1,36 +1,35 @@
 # syntax=docker/dockerfile:1.7
 # Embedding server image. One file, two variants:
 #   docker build -f docker/server.Dockerfile --build-arg VARIANT=cpu|gpu .
-# Versions come only from pyproject.toml: the image installs `.[${VARIANT}]`, the same
-# project + extra that `make setup` installs (`.[cpu,dev]`), so nothing is pinned twice.
+# Versions come only from pyproject.toml: the image installs `.[${VARIANT},serve]`, the
+# serving extras of the project `make setup` installs; no training-only packages
+# (datasets, pyarrow, tensorboard, matplotlib). Build arguments and the `pip-ca` secret
+# as in docker/trainer.Dockerfile.
 ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
 ARG VARIANT=cpu
-
-# cpu: torch's CPU-only wheels; the pin still comes from pyproject.
-FROM ${PYTHON_IMAGE} AS index-cpu
-ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-
-# gpu: PyPI's Linux torch wheels bundle CUDA; the driver comes from the container toolkit.
-FROM ${PYTHON_IMAGE} AS index-gpu
-
-# DL3006 (untagged image) misreads a stage name chosen by a build arg as an image.
-# hadolint ignore=DL3006
-FROM index-${VARIANT} AS builder
-ARG VARIANT
+ARG TORCH_INDEX_URL=auto
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY docker/pip-install.sh /usr/local/bin/pip-install
 COPY pyproject.toml README.md ./
-COPY trainer/ trainer/
-COPY server/ server/
+# Dependencies first (empty packages stand in for the code): a code change reuses the layer.
 # DL3013 (pin versions) is ignored on purpose: the pins live in pyproject.toml.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ".[${VARIANT}]"
+    --mount=type=secret,id=pip-ca,required=false \
+    mkdir trainer server && touch trainer/__init__.py server/__init__.py \
+    && pip-install ".[${VARIANT},serve]" \
+    && rm -r trainer server
+COPY trainer/ trainer/
+COPY server/ server/
+RUN pip install --no-deps --no-cache-dir --force-reinstall .
 
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VARIANT
+ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="moco-matryoshka-server" \
       org.opencontainers.image.description="MoCo-Matryoshka embedding server (${VARIANT})"
 RUN groupadd --system --gid 10001 moco \
@@ -40,12 +39,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib \
     MOCO_HOST=0.0.0.0 \
     MOCO_PORT=8000
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000
+# For `docker run` only: Docker-format builds keep it, OCI-format builds (podman's default)
+# drop it, and Kubernetes ignores it. The Deployment's probes (/healthz, /readyz) are the
+# authoritative health checks.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('MOCO_PORT', '8000') + '/healthz', timeout=4)"]
 # Settings come from MOCO_* variables (checkpoint, index dir, API key, read-only).

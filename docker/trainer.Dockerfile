@@ -1,38 +1,37 @@
 # syntax=docker/dockerfile:1.7
-# Trainer image (training, evaluation, index building). One file, two variants:
+# Trainer image: training, evaluation and index building. One file, two variants:
 #   docker build -f docker/trainer.Dockerfile --build-arg VARIANT=cpu|gpu .
-# Versions come only from pyproject.toml: the image installs `.[${VARIANT}]`, the same
-# project + extra that `make setup` installs (`.[cpu,dev]`), so nothing is pinned twice.
+# Versions come only from pyproject.toml: the image installs `.[${VARIANT},train]`, extras
+# of the same project `make setup` installs, so nothing is pinned twice. Build arguments:
+#   PYTHON_IMAGE     base with Python 3.11 (docker/debian-python-base.sh makes one offline)
+#   TORCH_INDEX_URL  auto | empty (PyPI only) | URL, see docker/pip-install.sh
+# and the optional secret `pip-ca` (a CA bundle for pip behind a TLS-intercepting proxy).
 ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
 ARG VARIANT=cpu
-
-# cpu: torch's CPU-only wheels (no 3 GB of CUDA libraries); the pin still comes from
-# pyproject, the index only decides which build of that version pip finds.
-FROM ${PYTHON_IMAGE} AS index-cpu
-ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-
-# gpu: PyPI's Linux torch wheels bundle CUDA as nvidia-* wheels; the host driver comes
-# in through the NVIDIA container toolkit, so no CUDA base image is needed.
-FROM ${PYTHON_IMAGE} AS index-gpu
-
-# DL3006 (untagged image) misreads a stage name chosen by a build arg as an image.
-# hadolint ignore=DL3006
-FROM index-${VARIANT} AS builder
-ARG VARIANT
+ARG TORCH_INDEX_URL=auto
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY docker/pip-install.sh /usr/local/bin/pip-install
 COPY pyproject.toml README.md ./
-COPY trainer/ trainer/
-COPY server/ server/
+# Dependencies first, from pyproject alone (empty packages stand in for the code), so a
+# code change reuses this layer instead of downloading torch again.
 # DL3013 (pin versions) is ignored on purpose: the pins live in pyproject.toml.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ".[${VARIANT}]"
+    --mount=type=secret,id=pip-ca,required=false \
+    mkdir trainer server && touch trainer/__init__.py server/__init__.py \
+    && pip-install ".[${VARIANT},train]" \
+    && rm -r trainer server
+COPY trainer/ trainer/
+COPY server/ server/
+RUN pip install --no-deps --no-cache-dir --force-reinstall .
 
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VARIANT
+ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="moco-matryoshka-trainer" \
       org.opencontainers.image.description="MoCo v2 + Matryoshka trainer (${VARIANT})"
 RUN groupadd --system --gid 10001 moco \
@@ -46,7 +45,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/data/hf
 WORKDIR /tmp
 USER 10001:10001
-# torchrun is PID 1, so SIGTERM from the kubelet reaches it and it forwards it to the
-# workers, which save a checkpoint and exit 0. Evaluation overrides the entrypoint.
-ENTRYPOINT ["torchrun"]
+# trainer.torchrun is torchrun (same flags) as PID 1: SIGTERM from the kubelet reaches it,
+# it forwards it to the workers, which save a checkpoint; it then exits 143 with one line
+# (docs/KUBERNETES.md). Evaluation and index building override the entrypoint.
+ENTRYPOINT ["python", "-m", "trainer.torchrun"]
 CMD ["--standalone", "--nproc-per-node=1", "-m", "trainer.train"]

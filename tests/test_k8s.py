@@ -178,6 +178,7 @@ def test_training_job_is_an_elastic_torchrun_gang(overlay: str) -> None:
 
     args = argv(overlay, "Job", "moco-train")
     assert args[:2] == ["/bin/sh", "-c"] and args[3] == "torchrun"
+    assert "exec python -m trainer.torchrun " in args[2], "container exit codes (143, 2)"
     torchrun = args[4:]
     assert flag(torchrun, "--nnodes") == env["NNODES"]
     assert flag(torchrun, "--rdzv-backend") == "c10d"
@@ -194,6 +195,13 @@ def test_training_job_is_an_elastic_torchrun_gang(overlay: str) -> None:
         "action": "Ignore",
         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
     } in rules
+    exit_rules = {
+        r["action"]: r["onExitCodes"]["values"]
+        for r in rules
+        if r.get("onExitCodes", {}).get("containerName") == c["name"]
+    }
+    # trainer.torchrun: 143 = stopped by SIGTERM after saving (resumes), 2 = usage error.
+    assert exit_rules == {"Ignore": [143], "FailJob": [2]}
     assert pod["restartPolicy"] == "Never"
     assert pod["terminationGracePeriodSeconds"] >= 60
     assert env["NCCL_SOCKET_IFNAME"] and env["GLOO_SOCKET_IFNAME"]
@@ -209,14 +217,16 @@ def test_training_job_is_an_elastic_torchrun_gang(overlay: str) -> None:
 @needs_kubectl
 @pytest.mark.parametrize("index", ["0", "1", "6"])
 def test_only_pod_zero_hosts_the_rendezvous_store(tmp_path: Path, index: str) -> None:
-    """Runs the manifest's own shell prelude with a fake torchrun that prints its argv."""
-    fake = tmp_path / "torchrun"
+    """Runs the manifest's own shell prelude with a fake python that prints its argv."""
+    fake = tmp_path / "python"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     args = argv("cpu", "Job", "moco-train")
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": index}
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
     got = out.splitlines()
+    assert got[:2] == ["-m", "trainer.torchrun"]
+    got = got[2:]
     assert got[0] == f"--rdzv-conf=is_host={int(index == '0')},join_timeout=1800"
     assert got[1:] == args[4:], "the prelude must pass the torchrun argv through unchanged"
 
@@ -290,6 +300,17 @@ def test_every_pod_is_locked_down(overlay: str) -> None:
         assert c["resources"]["requests"]["memory"]
         tag = c["image"].rsplit(":", 1)[1]
         assert tag == ("cpu" if overlay == "cpu" else "gpu")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_jobs_use_the_trainer_image_and_deployments_the_server_image(overlay: str) -> None:
+    """The server image has no training extras (datasets), which the index build needs."""
+    for d in rendered(overlay):
+        if d["kind"] in ("Job", "Deployment"):
+            repo = container(d)["image"].rsplit(":", 1)[0]
+            role = "trainer" if d["kind"] == "Job" else "server"
+            assert repo == f"moco-matryoshka/{role}", d["metadata"]["name"]
 
 
 def _local(args: list[str], tmp_path: Path) -> list[str]:

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -112,28 +112,38 @@ def launch(
     environ: MutableMapping[str, str],
     module: str = TRAIN_MODULE,
 ) -> int:
-    """Run `python -m <module> <passthrough flags>` N times; returns the job's exit code.
-
-    A failed worker gives its exit code (1 if it died of a signal); a SIGTERM/SIGINT to
-    this launcher is forwarded to the workers (rank 0 checkpoints) and gives 128 + signal.
-    """
+    """Run `python -m <module> <passthrough flags>` N times; returns the job's exit code
+    (run_agent's)."""
     ns, passthrough = parse_args(argv)
     if module == TRAIN_MODULE:
         parse_train_args(passthrough)
     config = launch_config(ns)
     if "OMP_NUM_THREADS" not in environ:
         environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ns.num_gpus))
+    return run_agent(
+        lambda: elastic_launch(config, sys.executable)("-u", "-m", module, *passthrough)
+    )
+
+
+def run_agent(start: Callable[[], object], prog: str = PROG) -> int:
+    """Run a torchelastic agent; its failures become one stderr line and an exit code.
+
+    A failed worker gives its exit code (1 if it died of a signal), so a worker's usage
+    error (2) stays 2. A SIGTERM/SIGINT to the agent is forwarded to the workers (rank 0
+    checkpoints) and gives 128 + signal: 143 for SIGTERM, the code the Kubernetes Job's
+    pod failure policy matches. Neither prints a traceback.
+    """
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", module, *passthrough)
+        start()
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         print(
-            f"{PROG}: error: worker rank {rank} failed with exit code {failure.exitcode}",
+            f"{prog}: error: worker rank {rank} failed with exit code {failure.exitcode}",
             file=sys.stderr,
         )
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as e:
-        print(f"{PROG}: stopped by {e.sigval.name}; workers were asked to save", file=sys.stderr)
+        print(f"{prog}: stopped by {e.sigval.name}; workers were asked to save", file=sys.stderr)
         return 128 + int(e.sigval)
     return 0
 
