@@ -19,7 +19,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train train-ddp eval compare serve test test-slow lint bench \
-	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build clean
+	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -107,13 +107,19 @@ k8s-logs: ## follow the logs of COMPONENT=train|eval|index|server on Kubernetes
 	$(KCTL) logs -f --prefix --tail=100 --max-log-requests=32 \
 		-l app.kubernetes.io/component=$(COMPONENT)
 
-docker-build: ## build the trainer and server images (VARIANT=cpu|gpu); needs a Docker engine
-	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine reachable ('docker info' failed); nothing built" >&2; exit 1; }
-	DOCKER_BUILDKIT=1 docker build -f docker/trainer.Dockerfile --build-arg VARIANT=$(VARIANT) \
-		-t $(IMAGE_REPO)/trainer:$(VARIANT) .
-	DOCKER_BUILDKIT=1 docker build -f docker/server.Dockerfile --build-arg VARIANT=$(VARIANT) \
-		-t $(IMAGE_REPO)/server:$(VARIANT) .
-	docker image ls --filter reference='$(IMAGE_REPO)/*:$(VARIANT)'
+# Image builds and container runs: docker or podman, whichever answers (ENGINE=... to pick).
+# Passed through from the command line or environment: PYTHON_BASE (debian: a base built from
+# Debian packages), TORCH_INDEX_URL, PIP_CA, BUILD_FLAGS, RUN_FLAGS, CONTAINERS_CONF.
+CONTAINER_ENV = VARIANT=$(VARIANT) IMAGE_REPO=$(IMAGE_REPO)
+
+docker-build: ## build the trainer and server images (VARIANT=cpu|gpu) with docker or podman
+	$(CONTAINER_ENV) ONLY_BUILD=1 docker/docker-test.sh
+
+docker-test: ## build both images, then train/SIGTERM/resume/eval/index/serve in containers, timed
+	$(CONTAINER_ENV) docker/docker-test.sh
+
+k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods under podman kube play (images built)
+	OVERLAY=$(OVERLAY) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
 
 # make compare: Matryoshka vs the fixed-dim baseline (vs random init), every dim, one plot.
 comma := ,

@@ -19,8 +19,6 @@ COPY docker/pip-install.sh /usr/local/bin/pip-install
 COPY pyproject.toml README.md ./
 # Dependencies first, from pyproject alone (empty packages stand in for the code), so a
 # code change reuses this layer instead of downloading torch again.
-# DL3013 (pin versions) is ignored on purpose: the pins live in pyproject.toml.
-# hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca,required=false \
     mkdir trainer server && touch trainer/__init__.py server/__init__.py \
@@ -28,7 +26,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && rm -r trainer server
 COPY trainer/ trainer/
 COPY server/ server/
-RUN pip install --no-deps --no-cache-dir --force-reinstall .
+# The code alone (its build backend comes from the index, hence pip-install again).
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip-ca,required=false \
+    pip-install --no-deps --force-reinstall .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=cpu
