@@ -82,4 +82,4 @@ def test_sigterm_to_the_agent_saves_and_exits_143(tiny_dataset, tmp_path):
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM; workers were asked to save" in err
     assert "Traceback" not in err
-    assert load_checkpoint(out / "checkpoint.pt")["step"] >= 10
+    assert load_checkpoint(out / "checkpoint.pt").step >= 10
