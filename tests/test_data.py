@@ -132,3 +132,26 @@ def test_train_data_yields_two_views(tiny_config, mode):
     data = TrainData(cfg, train, 0, 1, torch.device("cpu"))
     q, k = next(iter(data.epoch(0)))
     assert q.shape == k.shape == (32, 3, 32, 32)
+
+
+def test_auto_augment_batches_a_real_dataset_that_fits_in_memory(tiny_config, monkeypatch):
+    """A saved (non-shapes) dataset on the CPU takes the fast batched path, preloaded."""
+    cfg = tiny_config(augment="auto")
+    train, _ = load_splits(cfg)
+    data = TrainData(cfg, train, 0, 1, torch.device("cpu"))
+    assert data.mode == "batch"
+    assert data.loader.dataset.images is not None  # decoded once, held in memory
+    monkeypatch.setattr("trainer.data.PRELOAD_BYTES", 1000)
+    assert TrainData(cfg, train, 0, 1, torch.device("cpu")).mode == "worker"
+
+
+def test_val_fraction_carves_validation_from_train_and_skips_test(tiny_config):
+    full_train, test = load_splits(tiny_config())
+    cfg = tiny_config(val_fraction=0.25)
+    train, val = load_splits(cfg)
+    assert (len(train), len(val)) == (240, 80)
+    ids = lambda ds: {bytes(np.asarray(x)) for x in ds["image"]}  # noqa: E731
+    assert ids(train) | ids(val) == ids(full_train)
+    assert not ids(train) & ids(val)
+    assert not ids(val) & ids(test)
+    assert load_splits(tiny_config(val_fraction=0.25, seed=5))[1]["label"] == val["label"]

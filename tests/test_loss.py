@@ -1,7 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
-from trainer.loss import MoCoMatryoshkaLoss, training_weights
+from trainer.config import TrainConfig
+from trainer.loss import MoCoMatryoshkaLoss, build_loss, training_weights
 
 
 def reference_infonce(q, k, queue, d, t):
@@ -79,3 +82,53 @@ def test_rejects_wrong_number_of_weights():
 
     with pytest.raises(ValueError, match="one weight per nesting dim"):
         MoCoMatryoshkaLoss([8, 16], 0.2, [1.0])
+
+
+def test_explicit_dim_weights_are_scaled_to_sum_to_one():
+    assert training_weights([8, 16, 32], "mean", [1, 1, 2]) == [0.25, 0.25, 0.5]
+    cfg = TrainConfig(nesting_list=[8, 16, 32], dim_weights="1,3,4")
+    assert build_loss(cfg).weights.tolist() == [0.125, 0.375, 0.5]
+    with pytest.raises(ValidationError, match="one per nesting dim"):
+        TrainConfig(nesting_list=[8, 16, 32], dim_weights=[1, 1])
+
+
+def test_distillation_teacher_is_detached():
+    """The KL moves only the prefixes: no gradient reaches the coordinates only the teacher sees."""
+    q, k, queue = (x.float() for x in fixed_tensors(d=16))
+    q.requires_grad_(True)
+    loss_fn = MoCoMatryoshkaLoss([4, 8, 16], 0.2, [0.0, 0.0, 0.0], distill=1.0)
+    total, _ = loss_fn(q, k, queue)
+    total.backward()
+    assert total > 0
+    assert q.grad[:, 8:].abs().max() == 0  # dims 9..16 feed only the (detached) teacher
+    assert q.grad[:, :8].abs().max() > 0
+    # Not detaching would move them: the check above can fail.
+    logits = loss_fn.logits(q, k, queue)
+    teacher = F.log_softmax(logits[-1], dim=1)
+    leaky = F.kl_div(F.log_softmax(logits[0], 1), teacher, reduction="batchmean", log_target=True)
+    (grad,) = torch.autograd.grad(leaky, q)
+    assert grad[:, 8:].abs().max() > 0
+
+
+def test_distillation_is_the_mean_kl_from_full_dim_to_each_prefix():
+    q, k, queue = (x.float() for x in fixed_tensors(d=16))
+    loss_fn = MoCoMatryoshkaLoss([4, 8, 16], 0.2, [0.0, 0.0, 0.0], distill=0.5)
+    total, _ = loss_fn(q, k, queue)
+    logits = loss_fn.logits(q, k, queue)
+    p = F.softmax(logits[-1], 1)
+    kl = [(p * (p.log() - F.log_softmax(s, 1))).sum(1).mean() for s in logits[:-1]]
+    torch.testing.assert_close(total, 0.5 * (kl[0] + kl[1]) / 2)
+    single = MoCoMatryoshkaLoss([16], 0.2, distill=1.0)  # nothing to distil into
+    torch.testing.assert_close(single(q, k, queue)[0], single(q, k, queue)[1].sum())
+
+
+def test_prefix_heads_start_as_identity_and_are_trained_by_the_loss():
+    q, k, queue = (x.float() for x in fixed_tensors(d=16))
+    plain = MoCoMatryoshkaLoss([4, 8, 16], 0.2)
+    heads = MoCoMatryoshkaLoss([4, 8, 16], 0.2, prefix_heads=True)
+    torch.testing.assert_close(heads(q, k, queue), plain(q, k, queue))
+    assert [h.weight.shape for h in heads.heads.heads] == [(4, 4), (8, 8), (16, 16)]
+    heads(q, k, queue)[0].backward()
+    assert all(h.weight.grad.abs().max() > 0 for h in heads.heads.heads)
+    cfg = TrainConfig(nesting_list=[8, 16], prefix_heads=True)
+    assert len(list(build_loss(cfg).parameters())) == 4

@@ -111,3 +111,17 @@ def test_sigterm_mid_epoch_saves_and_resumes(tiny_dataset, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'checkpoint.pt'} at step {step}" in resumed.stderr
     assert load_checkpoint(out / "checkpoint.pt").step == step + 2
+
+
+def test_prefix_heads_and_distill_train_and_resume_exactly(tiny_config, tmp_path):
+    opts = dict(epochs=1, prefix_heads=True, distill=1.0, val_fraction=0.2)
+    train(tiny_config(output_dir=tmp_path / "a", **opts))
+    train(tiny_config(output_dir=tmp_path / "b", max_steps=3, **opts))
+    train(tiny_config(output_dir=tmp_path / "b", resume="auto", **opts))
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a.step == 256 // 32  # 80% of 320 images train, 20% are held out
+    head = a.loss["heads.heads.0.weight"]
+    assert not torch.equal(head, torch.eye(8))  # the heads were trained
+    for name in a.loss:
+        torch.testing.assert_close(a.loss[name], b.loss[name], rtol=0, atol=0)

@@ -46,6 +46,8 @@ class Checkpoint:
     epoch: int = 0
     step: int = 0
     world_size: int = 1
+    # Training-only loss parameters (the per-prefix heads); nothing that serves reads them.
+    loss: dict[str, torch.Tensor] = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -58,6 +60,7 @@ class Checkpoint:
         step: int = 0,
         epoch: int = 0,
         world_size: int = 1,
+        loss: torch.nn.Module | None = None,
     ) -> Checkpoint:
         """The state of a running MoCo model (tensors are shared, not copied)."""
         return cls(
@@ -71,6 +74,7 @@ class Checkpoint:
             epoch=epoch,
             step=step,
             world_size=world_size,
+            loss={} if loss is None else loss.state_dict(),
         )
 
     @cached_property
@@ -96,6 +100,7 @@ class Checkpoint:
             "epoch": self.epoch,
             "step": self.step,
             "world_size": self.world_size,
+            "loss": self.loss,
         }
 
 
@@ -137,6 +142,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             epoch=int(raw["epoch"]),
             step=int(raw["step"]),
             world_size=int(raw["world_size"]),
+            loss=raw["loss"],
             source=path,
         )
     except (ValidationError, TypeError, ValueError) as e:
@@ -153,7 +159,7 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     """Any known format -> the current layout (optional entries filled in)."""
     if raw["format"] == FORMAT_V1:
         raw = _upgrade_v1(raw, path)
-    return {"queue_ptr": 0, "optimizer": None, "world_size": 1, **raw}
+    return {"queue_ptr": 0, "optimizer": None, "world_size": 1, "loss": {}, **raw}
 
 
 def _upgrade_v1(raw: dict[str, Any], path: Path) -> dict[str, Any]:

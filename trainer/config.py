@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.errors import UsageError
 from trainer.nesting import parse_nesting_list
@@ -28,6 +28,20 @@ def _nesting(v: object) -> list[int]:
 NestingList = Annotated[list[int], BeforeValidator(_nesting)]
 
 
+def _weights(v: object) -> object:
+    if isinstance(v, str):
+        try:
+            return [float(w) for w in v.replace(" ", "").split(",") if w]
+        except ValueError:
+            raise ValueError(
+                f"must be comma-separated numbers like 1,1,2,2,4,4, got {v!r}"
+            ) from None
+    return v
+
+
+WeightList = Annotated[list[float], BeforeValidator(_weights)]
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs. Stored in the checkpoint as a plain dict."""
 
@@ -43,6 +57,13 @@ class TrainConfig(BaseModel):
     test_split: str = Field(
         "auto", description="split used for evaluation; auto = test or validation"
     )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="tuning: hold out this fraction of the train split (seeded) and evaluate "
+        "on it instead of the test split, which is then never read (0 = off)",
+    )
     arch: Arch = Field(
         "convnet", description="backbone: convnet (small, CPU default), resnet18, resnet50"
     )
@@ -55,6 +76,22 @@ class TrainConfig(BaseModel):
         "mean",
         description="per-dim loss weights: mean (1/len each), sqrt or linear (proportional to "
         "sqrt(dim) or dim, summing to 1), ones (the MRL paper's plain sum)",
+    )
+    dim_weights: WeightList = Field(
+        [],
+        description="explicit per-dim loss weights, one per nesting dim, comma-separated "
+        "(scaled to sum to 1, like MRL's relative_importance); overrides --loss-weights",
+    )
+    distill: float = Field(
+        0.0,
+        ge=0,
+        description="weight of distilling the full-dim similarity distribution over the queue "
+        "into every smaller prefix (teacher detached; 0 = off)",
+    )
+    prefix_heads: bool = Field(
+        False,
+        description="a linear predictor per nesting dim on the query side, used only by the "
+        "loss (the served embedding is unchanged)",
     )
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(40, ge=1)
@@ -79,7 +116,8 @@ class TrainConfig(BaseModel):
     augment: Literal["auto", "batch", "worker"] = Field(
         "auto",
         description="batch: batched tensor augmentation on the device; worker: per-sample "
-        "torchvision v2 in DataLoader workers; auto: batch for shapes and on GPU",
+        "torchvision v2 in DataLoader workers; auto: batch on GPU and for any dataset that fits "
+        "in memory (2 GiB decoded), else worker",
     )
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto = bf16 on GPU")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
@@ -98,6 +136,16 @@ class TrainConfig(BaseModel):
     allow_large_queue: bool = Field(
         False, description="allow a queue holding over 25%% of the dataset (usually collapses)"
     )
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> TrainConfig:
+        w = self.dim_weights
+        if w and (len(w) != len(self.nesting_list) or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(
+                f"--dim-weights needs {len(self.nesting_list)} non-negative numbers (one per "
+                f"nesting dim {self.nesting_list}) with a positive sum, got {w}"
+            )
+        return self
 
     @property
     def embed_dim(self) -> int:
@@ -183,9 +231,10 @@ def build_model_from_args(model: type[BaseModel], ns: argparse.Namespace, prog: 
         return model(**values)
     except ValidationError as e:
         err = e.errors()[0]
-        where = "--" + "-".join(str(p) for p in err["loc"][:1]).replace("_", "-")
         msg = err["msg"].removeprefix("Value error, ")
-        raise UsageError(f"{where}: {msg}") from None
+        if err["loc"]:  # a whole-config check names its flags itself
+            msg = "--" + str(err["loc"][0]).replace("_", "-") + ": " + msg
+        raise UsageError(msg) from None
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

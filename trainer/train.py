@@ -24,12 +24,12 @@ from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import ModelConfig, TrainConfig, parse_train_args
 from trainer.data import TrainData, load_splits
 from trainer.errors import UsageError, run_cli
-from trainer.loss import MoCoMatryoshkaLoss, training_weights
+from trainer.loss import build_loss
 from trainer.model import MoCo, build_moco
 
 MAX_QUEUE_FRACTION = 0.25
 # Besides the whole ModelConfig, a resumed run must share these with its checkpoint.
-RESUME_MUST_MATCH = ("queue_size", "dataset")
+RESUME_MUST_MATCH = ("queue_size", "dataset", "val_fraction", "prefix_heads")
 
 
 class StopFlag:
@@ -83,7 +83,7 @@ def resume_path(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def restore(cfg: TrainConfig, path: Path, model: MoCo, optimizer, device) -> int:
+def restore(cfg: TrainConfig, path: Path, model: MoCo, loss_fn, optimizer, device) -> int:
     ckpt = load_checkpoint(path, map_location=device)
     now = ModelConfig.of(cfg)
     pairs = [(k, getattr(ckpt.model, k), getattr(now, k)) for k in ModelConfig.model_fields]
@@ -100,6 +100,7 @@ def restore(cfg: TrainConfig, path: Path, model: MoCo, optimizer, device) -> int
     model.encoder_k.load_state_dict(ckpt.encoder_k)
     model.queue.copy_(ckpt.queue)
     model.queue_ptr.fill_(ckpt.queue_ptr)
+    loss_fn.load_state_dict(ckpt.loss)
     optimizer.load_state_dict(ckpt.optimizer)
     return ckpt.step
 
@@ -146,20 +147,18 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     cuda = device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    loss_fn = build_loss(cfg).to(device)
     optimizer = torch.optim.SGD(
-        model.encoder_q.parameters(),
+        [*model.encoder_q.parameters(), *loss_fn.parameters()],
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
     )
-    loss_fn = MoCoMatryoshkaLoss(
-        cfg.nesting_list, cfg.temp, training_weights(cfg.nesting_list, cfg.loss_weights)
-    ).to(device)
 
     step = 0
     path = resume_path(cfg)
     if path is not None:
-        step = restore(cfg, path, model, optimizer, device)
+        step = restore(cfg, path, model, loss_fn, optimizer, device)
         if env.is_main:
             print(f"resumed from {path} at step {step} (epoch {step // spe})", file=sys.stderr)
     # forward_sync_buffers=False: the queue is identical on every rank by construction, and
@@ -171,7 +170,7 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
     writer = SummaryWriter(str(cfg.output_dir / "tb"), purge_step=step) if env.is_main else None
     stop = StopFlag()
     state = lambda s: Checkpoint.capture(  # noqa: E731
-        cfg, model, optimizer, step=s, epoch=s // spe, world_size=env.world_size
+        cfg, model, optimizer, step=s, epoch=s // spe, world_size=env.world_size, loss=loss_fn
     )
     ckpt = cfg.output_dir / "checkpoint.pt"
     history: list[dict] = []
