@@ -18,7 +18,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train train-ddp eval compare serve test test-slow lint bench \
+.PHONY: help setup train train-ddp eval ablate compare serve test test-slow lint bench \
 	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
 help: ## list the targets
@@ -121,26 +121,24 @@ docker-test: ## build both images, then train/SIGTERM/resume/eval/index/serve in
 k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods under podman kube play (images built)
 	OVERLAY=$(OVERLAY) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
 
-# make compare: Matryoshka vs the fixed-dim baseline (vs random init), every dim, one plot.
-comma := ,
-COMPARE_DIR ?= runs
-COMPARE_DIMS ?= 8,16,32,64,128,256
-COMPARE_TRAIN := $(PY) -m trainer.train --dataset $(DATASET) --arch $(ARCH) \
-	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
-COMPARE_EVAL := $(PY) -m trainer.evaluate --nesting-list $(COMPARE_DIMS)
+# make ablate / make compare: a grid of trainer variants x seeds -> one table + plot (trainer.ablate).
+GRID ?= grids/compare.toml
+SEEDS ?=
+JOBS ?=
+ABLATE_OUT ?=
+set_by_user = $(filter command line environment,$(origin $(1)))
+# Only knobs given on the command line reach the grid's runs (the grid file holds the rest).
+ABLATE_TRAIN_ARGS = $(if $(call set_by_user,DATASET),--dataset $(DATASET)) \
+	$(if $(call set_by_user,ARCH),--arch $(ARCH)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+ABLATE_FLAGS = $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
+	$(if $(strip $(ABLATE_TRAIN_ARGS)),--train-args="$(strip $(ABLATE_TRAIN_ARGS))")
 
-compare: $(STAMP) ## train Matryoshka + the single-dim baseline, overlay -> $(COMPARE_DIR)/compare.png/.md
-	$(COMPARE_TRAIN) --nesting-list $(COMPARE_DIMS) --output-dir $(COMPARE_DIR)/default
-	$(COMPARE_TRAIN) --nesting-list $(lastword $(subst $(comma), ,$(COMPARE_DIMS))) \
-		--output-dir $(COMPARE_DIR)/baseline
-	$(COMPARE_EVAL) --checkpoint $(COMPARE_DIR)/baseline/checkpoint.pt \
-		--output $(COMPARE_DIR)/baseline/eval.json
-	$(COMPARE_EVAL) --checkpoint $(COMPARE_DIR)/default/checkpoint.pt --random-init \
-		--output $(COMPARE_DIR)/random-init/eval.json
-	set -o pipefail; $(COMPARE_EVAL) --checkpoint $(COMPARE_DIR)/default/checkpoint.pt --label matryoshka \
-		--output $(COMPARE_DIR)/default/eval.json --plot $(COMPARE_DIR)/compare.png \
-		--compare $(COMPARE_DIR)/baseline/eval.json --compare $(COMPARE_DIR)/random-init/eval.json \
-		| tee $(COMPARE_DIR)/compare.md
+ablate: $(STAMP) ## GRID=grids/x.toml variants x SEEDS=0,1,2, parallel + resumable -> table.md/json/png
+	$(PY) -m trainer.ablate $(GRID) $(ABLATE_FLAGS) $(if $(ABLATE_OUT),--out $(ABLATE_OUT))
+
+COMPARE_DIR ?= runs/compare
+compare: $(STAMP) ## Matryoshka vs truncated baseline vs FF-8/FF-32 vs random init (grids/compare.toml)
+	$(PY) -m trainer.ablate grids/compare.toml $(ABLATE_FLAGS) --out $(COMPARE_DIR)
 
 # Serving (docs/SERVING.md): index the training split once, then serve on 127.0.0.1:8000.
 INDEX ?= $(OUTPUT)/index
