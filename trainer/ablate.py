@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from trainer.ablate_report import summarize, write_report
-from trainer.config import make_parser
+from trainer.config import make_parser, parse_train_args
 from trainer.errors import UsageError, run_cli
 from trainer.grid import Grid, load_grid
 from trainer.nesting import parse_nesting_list
@@ -37,6 +37,7 @@ class Run:
     train: list[str] | None  # trainer argv; None for an evaluate-only variant
     checkpoint: Path
     eval: list[str]
+    width: int  # the embedding width the training flags give
 
     @property
     def result(self) -> Path:
@@ -55,12 +56,12 @@ def plan(grid: Grid, seeds: list[int], only: list[str] | None) -> list[Run]:
             continue
         for seed in seeds:
             folder = grid.out / name / f"seed{seed}"
-            if v.of is None:
-                train = [*grid.common, *v.train, "--seed", str(seed), "--output-dir", str(folder)]
-                runs.append(Run(name, seed, folder, train, folder / "checkpoint.pt", v.eval))
-            else:
-                checkpoint = grid.out / v.of / f"seed{seed}" / "checkpoint.pt"
-                runs.append(Run(name, seed, folder, None, checkpoint, v.eval))
+            trained = grid.out / (v.of or name) / f"seed{seed}"
+            argv = [*grid.common, *grid.variants[v.of or name].train, "--seed", str(seed),
+                    "--output-dir", str(trained)]  # fmt: skip
+            width = parse_train_args(argv).embed_dim  # also: bad flags fail here, not mid-sweep
+            train = argv if v.of is None else None
+            runs.append(Run(name, seed, folder, train, trained / "checkpoint.pt", v.eval, width))
     return sorted(runs, key=lambda r: r.train is None)
 
 
@@ -68,12 +69,6 @@ def _env(threads: int) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.setdefault("PYTHONPATH", os.getcwd())
     return env
-
-
-def _width(checkpoint: Path) -> int:
-    from trainer.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(checkpoint)["config"]["nesting_list"][-1])
 
 
 def _check_command(run: Run, command: dict) -> None:
@@ -107,8 +102,7 @@ def execute(run: Run, dims: list[int], threads: int) -> dict:
         timings["train_s"] = time.perf_counter() - t0
     if not run.checkpoint.exists():
         raise RuntimeError(f"no checkpoint {run.checkpoint} (did its variant train?)")
-    width = _width(run.checkpoint)
-    scored = [d for d in dims if d < width] + [width]
+    scored = [d for d in dims if d < run.width] + [run.width]
     t0 = time.perf_counter()
     command = [py, "-m", "trainer.evaluate", "--checkpoint", str(run.checkpoint),
                "--output", str(run.folder / "eval.part.json"), "--no-plot", "--threads",
