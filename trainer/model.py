@@ -121,15 +121,32 @@ class Encoder(nn.Module):
 
 
 class MoCo(nn.Module):
-    """MoCo v2 with one queue of K raw full-dim keys, shared by every nesting dim."""
+    """MoCo v2 with one queue of K raw full-dim keys, shared by every nesting dim.
 
-    def __init__(self, encoder: Encoder, embed_dim: int, queue_size: int, momentum: float):
+    One training step is `q, k = moco(im_q, im_k)`, the loss on (q, k, moco.queue), the
+    optimizer step, then `moco.enqueue(k)`. The forward updates the key encoder by momentum
+    and computes the keys with shuffle BN; `enqueue` gathers every rank's keys.
+    The shuffle permutation of step s is drawn from `shuffle_seed * 7919 + s`, so a resumed run
+    (which sets `steps`) shuffles exactly as an uninterrupted one. `shuffle_seed=None`: no
+    shuffle (SyncBatchNorm, or shuffle BN turned off).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        embed_dim: int,
+        queue_size: int,
+        momentum: float,
+        shuffle_seed: int | None = None,
+    ):
         super().__init__()
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self.m = momentum
+        self.shuffle_seed = shuffle_seed
+        self.steps = 0  # forward passes so far, restored on resume
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, embed_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -141,11 +158,11 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write keys (already gathered from every rank, in rank order) at the pointer, wrapping."""
+        """Gather this step's keys from every rank (in rank order), write them at the pointer."""
         k = len(self.queue)
         if k == 0:
             return
-        keys = keys.detach().to(self.queue.dtype)[-k:]
+        keys = dist.all_gather_cat(keys.detach().to(self.queue.dtype))[-k:]
         ptr = int(self.queue_ptr)
         idx = (ptr + torch.arange(len(keys), device=keys.device)) % k
         self.queue[idx] = keys
@@ -166,18 +183,22 @@ class MoCo(nn.Module):
         k_all = dist.all_gather_cat(k)
         return k_all[inverse].view(-1, n, k.shape[1])[rank]
 
-    def forward(
-        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None
-    ):
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries, keys), both raw full-dim; the key encoder moves one momentum step first."""
         q = self.encoder_q(im_q)
         self.momentum_update()
-        k = self.keys(im_k, generator)
+        shuffle = None
+        if self.shuffle_seed is not None:
+            shuffle = torch.Generator().manual_seed(self.shuffle_seed * 7919 + self.steps)
+        k = self.keys(im_k, shuffle)
+        self.steps += 1
         return q, k
 
 
 def build_moco(cfg: TrainConfig, bn_splits: int) -> MoCo:
     encoder = Encoder(ModelConfig.of(cfg), bn_splits)
-    return MoCo(encoder, cfg.embed_dim, cfg.queue_size, cfg.moco_m)
+    shuffle_seed = cfg.seed if cfg.shuffle_bn and not cfg.sync_bn else None
+    return MoCo(encoder, cfg.embed_dim, cfg.queue_size, cfg.moco_m, shuffle_seed)
 
 
 def load_encoder(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> Encoder:
