@@ -16,7 +16,7 @@ from pathlib import Path
 from server.store import write_generation
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig, make_parser
-from trainer.data import load_dataset_dict
+from trainer.data import check_columns, load_dataset_dict
 from trainer.device import pick_device
 from trainer.embed import extract_embeddings
 from trainer.errors import UsageError, run_cli
@@ -69,12 +69,7 @@ def build_index_folder(
     if split not in dd:
         raise UsageError(f"--split {split!r} not in dataset {dataset} (splits: {', '.join(dd)})")
     ds = dd[split]
-    for col in (image_column, label_column):
-        if col not in ds.column_names:
-            raise UsageError(
-                f"split {split} of {dataset} has no column {col!r} "
-                f"(columns: {', '.join(ds.column_names)})"
-            )
+    check_columns(cfg, ds, split)
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     on = pick_device(device)

@@ -302,11 +302,6 @@ class IndexStore:
             self._indexes[dim] = index
         return index
 
-    def warm(self, dims: Iterable[int]) -> None:
-        with self.lock:
-            for dim in dims:
-                self._index(dim)
-
     def search(
         self, queries: np.ndarray, k: int, dim: int, rerank_dim: int | None, shortlist: int
     ) -> tuple[np.ndarray, np.ndarray]:

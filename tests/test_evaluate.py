@@ -12,7 +12,7 @@ import torch
 from trainer.checkpoint import Checkpoint, save_checkpoint
 from trainer.errors import run_cli
 from trainer.evaluate import PROG, evaluate_embeddings, evaluate_encoder, main
-from trainer.metrics import knn_top1, map_at_k
+from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import truncate_normalize, truncate_normalize_np
 from trainer.search import search
 
@@ -62,8 +62,10 @@ def test_npz_cli_writes_json_table_and_plot(monkeypatch, capsys, tmp_path, npz):
     data = clustered()
     for row in result["metrics"]:
         scores, ids = search(data["train_x"], data["test_x"], 10, row["dim"])
-        assert row["knn_top1"] == knn_top1(scores, ids, data["train_y"], data["test_y"], 5)
-        assert row["map_at_k"] == map_at_k(ids, data["train_y"], data["test_y"], 10)
+        pred = knn_predict(scores, ids, data["train_y"], 5)
+        assert row["knn_top1"] == float(np.mean(pred == data["test_y"]))
+        ap = average_precision_at_k(ids, data["train_y"], data["test_y"], 10)
+        assert row["map_at_k"] == float(np.mean(ap))
     assert stdout.splitlines()[0] == "| dim | kNN top-1 | mAP@10 |"
     assert len(stdout.splitlines()) == 2 + 4
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -122,14 +122,19 @@ def load_splits(cfg: TrainConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
         train, test = parts["train"], parts["test"]
     else:
         test = dd[test_name]
-    for ds, split in ((train, train_name), (test, test_name or "test")):
-        for col in (cfg.image_column, cfg.label_column):
-            if col not in ds.column_names:
-                raise UsageError(
-                    f"split {split} of {cfg.dataset} has no column {col!r} "
-                    f"(columns: {', '.join(ds.column_names)}); set --image-column/--label-column"
-                )
+    check_columns(cfg, train, train_name)
+    check_columns(cfg, test, test_name or "test")
     return train, test
+
+
+def check_columns(cfg: TrainConfig, ds: datasets.Dataset, split: str) -> None:
+    """A split must have cfg's image and label columns (trainer, evaluation, index builder)."""
+    for col in (cfg.image_column, cfg.label_column):
+        if col not in ds.column_names:
+            raise UsageError(
+                f"split {split} of {cfg.dataset} has no column {col!r} "
+                f"(columns: {', '.join(ds.column_names)}); set --image-column/--label-column"
+            )
 
 
 class DecodedImages(Dataset):

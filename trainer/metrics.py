@@ -50,19 +50,6 @@ def knn_predict(
     return out
 
 
-def knn_top1(
-    scores: np.ndarray,
-    ids: np.ndarray,
-    bank_labels: np.ndarray,
-    query_labels: np.ndarray,
-    k: int,
-    temperature: float = KNN_TEMPERATURE,
-) -> float:
-    """Fraction of queries whose weighted kNN vote equals their label."""
-    pred = knn_predict(scores, ids, bank_labels, k, temperature)
-    return float(np.mean(pred == query_labels))
-
-
 def average_precision_at_k(
     ids: np.ndarray, bank_labels: np.ndarray, query_labels: np.ndarray, k: int
 ) -> np.ndarray:
@@ -77,8 +64,3 @@ def average_precision_at_k(
     denom = np.minimum(k, n_relevant)
     total = (precision * relevant).sum(axis=1)
     return np.divide(total, denom, out=np.zeros(len(total)), where=denom > 0)
-
-
-def map_at_k(ids: np.ndarray, bank_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:
-    """Mean of AP@k over all queries."""
-    return float(np.mean(average_precision_at_k(ids, bank_labels, query_labels, k)))
