@@ -11,7 +11,7 @@ import torch
 
 from trainer.checkpoint import Checkpoint, save_checkpoint
 from trainer.errors import run_cli
-from trainer.evaluate import PROG, evaluate_embeddings, evaluate_encoder, main
+from trainer.evaluate import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import truncate_normalize, truncate_normalize_np
 from trainer.search import search
@@ -90,7 +90,7 @@ def test_compare_overlays_a_second_run(monkeypatch, capsys, tmp_path, npz):
 
 def test_nesting_list_selects_dims(npz):
     data = clustered()
-    rows = evaluate_embeddings(*data.values(), [4, 48], k=3, map_k=4)
+    rows = evaluate_embeddings(Embedded(**data), [4, 48], k=3, map_k=4)
     assert [(r["dim"], r["k"], r["map_k"]) for r in rows] == [(4, 3, 4), (48, 3, 4)]
 
 

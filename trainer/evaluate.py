@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -26,19 +26,23 @@ if TYPE_CHECKING:
     from trainer.checkpoint import Checkpoint
 
 PROG = "python -m trainer.evaluate"
-NPZ_KEYS = ("train_x", "train_y", "test_x", "test_y")
 
 
-def check_embeddings(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    dims: list[int],
-    k: int,
-    map_k: int,
-) -> None:
+class Embedded(NamedTuple):
+    """Both splits at full dim: the train split is the kNN bank, the test split the queries."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+NPZ_KEYS = Embedded._fields
+
+
+def check_embeddings(e: Embedded, dims: list[int], k: int, map_k: int) -> None:
     """Refuse anything the metrics would silently get wrong, with a one-line UsageError."""
+    train_x, train_y, test_x, test_y = e
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         if x.ndim != 2 or y.ndim != 1:
             raise UsageError(f"{name}_x must be [N, D] and {name}_y [N], got {x.shape}, {y.shape}")
@@ -64,10 +68,7 @@ def check_embeddings(
 
 
 def score_dims(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
+    e: Embedded,
     dims: list[int],
     k: int,
     map_k: int,
@@ -75,7 +76,8 @@ def score_dims(
     use_gpu: bool | None = None,
     gpu_device: int = 0,
 ) -> np.ndarray:
-    """[len(dims), 2] sums over the given queries: (correct kNN votes, AP@map_k)."""
+    """[len(dims), 2] sums over e's test queries: (correct kNN votes, AP@map_k)."""
+    train_x, train_y, test_x, test_y = e
     sums = np.zeros((len(dims), 2), dtype=np.float64)
     if len(test_x) == 0:
         return sums
@@ -106,10 +108,7 @@ def metric_rows(sums: np.ndarray, n_test: int, dims: list[int], k: int, map_k: i
 
 
 def evaluate_embeddings(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
+    e: Embedded,
     dims: list[int],
     k: int = 20,
     map_k: int = 10,
@@ -118,10 +117,10 @@ def evaluate_embeddings(
     threads: int | None = None,
 ) -> list[dict]:
     """One metrics row per dim, all from the same full-dim embeddings."""
-    check_embeddings(train_x, train_y, test_x, test_y, dims, k, map_k)
+    check_embeddings(e, dims, k, map_k)
     set_threads(threads)
-    sums = score_dims(train_x, train_y, test_x, test_y, dims, k, map_k, use_gpu=use_gpu)
-    return metric_rows(sums, len(test_x), dims, k, map_k)
+    sums = score_dims(e, dims, k, map_k, use_gpu=use_gpu)
+    return metric_rows(sums, len(e.test_x), dims, k, map_k)
 
 
 def _cuda_ordinal(device: torch.device) -> int:
@@ -153,20 +152,15 @@ def evaluate_encoder(
     encoder.eval()
     try:
         batch = batch_size or cfg.batch_size
-        train_x, train_y, test_x, test_y = embed_splits(
-            encoder, cfg, ModelConfig.of(cfg), device, batch, 0, rank, world_size
-        )
+        e = embed_splits(encoder, cfg, ModelConfig.of(cfg), device, batch, 0, rank, world_size)
     finally:
         encoder.train(was_training)
     dims = list(cfg.nesting_list)
-    check_embeddings(train_x, train_y, test_x, test_y, dims, k, map_k)
+    check_embeddings(e, dims, k, map_k)
     set_threads(torch.get_num_threads())
     mine = slice(rank, None, world_size)
     sums = score_dims(
-        train_x,
-        train_y,
-        test_x[mine],
-        test_y[mine],
+        e._replace(test_x=e.test_x[mine], test_y=e.test_y[mine]),
         dims,
         k,
         map_k,
@@ -180,10 +174,10 @@ def evaluate_encoder(
         total = torch.from_numpy(sums).to(on)
         dist.all_reduce(total)
         sums = total.cpu().numpy()
-    return metric_rows(sums, len(test_x), dims, k, map_k)
+    return metric_rows(sums, len(e.test_x), dims, k, map_k)
 
 
-def load_npz(path: Path) -> tuple[np.ndarray, ...]:
+def load_npz(path: Path) -> Embedded:
     """The four arrays of an --embeddings file, or a one-line UsageError."""
     if not path.is_file():
         raise UsageError(f"--embeddings {path}: no such file")
@@ -195,7 +189,7 @@ def load_npz(path: Path) -> tuple[np.ndarray, ...]:
                     f"--embeddings {path} lacks {', '.join(missing)} "
                     f"(needs arrays {', '.join(NPZ_KEYS)})"
                 )
-            return tuple(npz[key] for key in NPZ_KEYS)
+            return Embedded(*(npz[key] for key in NPZ_KEYS))
     except UsageError:
         raise
     except Exception as e:
@@ -211,8 +205,8 @@ def embed_splits(
     workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[np.ndarray, ...]:
-    """(train_x, train_y, test_x, test_y): cfg's two splits at full dim, as the server embeds."""
+) -> Embedded:
+    """cfg's two splits at full dim, preprocessed as the server preprocesses."""
     from trainer.data import load_splits
     from trainer.embed import extract_embeddings
     from trainer.preprocess import EvalPreprocess
@@ -233,10 +227,10 @@ def embed_splits(
             workers=workers,
             desc=f"embed {name}",
         )
-    return tuple(arrays)
+    return Embedded(*arrays)
 
 
-def embed_checkpoint(args) -> tuple[tuple[np.ndarray, ...], Checkpoint, TrainConfig]:
+def embed_checkpoint(args) -> tuple[Embedded, Checkpoint, TrainConfig]:
     """Load the checkpoint, embed both splits once at full dim."""
     from trainer.checkpoint import load_checkpoint
     from trainer.model import load_encoder
@@ -299,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--random-init needs --checkpoint")
         arrays = load_npz(args.embeddings)
         source = {"checkpoint": None, "dataset": args.dataset or str(args.embeddings)}
-        model_dims = default_dims(arrays[0].shape[1]) if arrays[0].ndim == 2 else [1]
+        model_dims = default_dims(arrays.train_x.shape[1]) if arrays.train_x.ndim == 2 else [1]
     else:
         arrays, ckpt, cfg = embed_checkpoint(args)
         source = {"checkpoint": str(args.checkpoint), "dataset": cfg.dataset}
@@ -307,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     dims = parse_nesting_list(args.nesting_list) if args.nesting_list else model_dims
     if args.save_embeddings:
         args.save_embeddings.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.save_embeddings, **dict(zip(NPZ_KEYS, arrays, strict=True)))
-    rows = evaluate_embeddings(*arrays, dims, args.k, args.map_k, threads=args.threads)
-    result = {**source, "n_train": len(arrays[0]), "n_test": len(arrays[2]), "metrics": rows}
+        np.savez(args.save_embeddings, **arrays._asdict())
+    rows = evaluate_embeddings(arrays, dims, args.k, args.map_k, threads=args.threads)
+    n = {"n_train": len(arrays.train_x), "n_test": len(arrays.test_x)}
+    result = {**source, **n, "metrics": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     label = args.label or ("random-init" if args.random_init else run_label(result, args.output))
