@@ -13,7 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from server.store import write_generation
+from server.thumbnails import make_thumbnail, write_thumbnails
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig, make_parser
 from trainer.data import check_columns, load_dataset_dict
@@ -40,6 +43,7 @@ def build_index_folder(
     device: str = "cpu",
     limit: int = 0,
     force: bool = False,
+    thumbnail_size: int = 96,
 ) -> dict:
     """Embed `dataset[split]` with the checkpoint and publish the index folder at `out`.
 
@@ -106,6 +110,16 @@ def build_index_folder(
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     write_generation(tmp, 0, x.shape[1], len(x), [x], items, info)
+    if thumbnail_size:
+        images = ds.select_columns([image_column])
+        rows = tqdm(images, total=len(images), desc=f"thumbnails {split}", unit="img")
+        write_thumbnails(
+            tmp,
+            (
+                (it["id"], make_thumbnail(row[image_column], thumbnail_size))
+                for it, row in zip(items, rows, strict=True)
+            ),
+        )
     _publish(tmp, out)
     return {"out": str(out), "count": len(x), "width": int(x.shape[1])}
 
@@ -136,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     b.add_argument("--limit", type=int, default=0, help="index only the first N items")
     b.add_argument("--force", action="store_true", help="replace an existing index")
+    b.add_argument(
+        "--thumbnail-size", type=int, default=96, help="longest side of item thumbnails; 0 = none"
+    )
     ns = parser.parse_args(argv)
-    if ns.batch_size < 1 or ns.limit < 0:
-        raise UsageError("--batch-size must be >= 1 and --limit >= 0")
+    if ns.batch_size < 1 or ns.limit < 0 or ns.thumbnail_size < 0:
+        raise UsageError("--batch-size must be >= 1, --limit and --thumbnail-size >= 0")
     result = build_index_folder(
         ns.checkpoint,
         ns.dataset,
@@ -152,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         device=ns.device,
         limit=ns.limit,
         force=ns.force,
+        thumbnail_size=ns.thumbnail_size,
     )
     if result.get("skipped"):
         print(f"{result['out']} is already an index of this checkpoint; left as it is")

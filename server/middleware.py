@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request metrics (outermost) and the request body size limit."""
+"""Pure ASGI middleware: request metrics and timing (outermost), the request body limit."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ async def send_json(send, status: int, body: dict) -> None:
 
 
 class MetricsMiddleware:
-    """Counts every request by route template (not raw path: bounded label values)."""
+    """Counts every request by route template (not raw path: bounded label values).
+
+    Also sends `Server-Timing: app;dur=<ms>` (time to the response headers), which the
+    search page shows as each column's server latency.
+    """
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -31,6 +35,9 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                took = 1000 * (time.perf_counter() - start)
+                timing = (b"server-timing", b"app;dur=%.2f" % took)
+                message = {**message, "headers": [*message.get("headers", []), timing]}
             await send(message)
 
         try:

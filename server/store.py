@@ -5,6 +5,7 @@ Folder layout (one generation is current; manifest.json names its files):
   vectors-<g>.npy      raw full-dim float32 embeddings [N, D], the only copy (memory-mapped)
   items-<g>.jsonl      one {"id", "label", "metadata"} per row
   wal-<g>.jsonl        mutations since generation g (server.wal), replayed on open
+  thumbnails.*         item thumbnails by id, across generations (server.thumbnails)
 Per-dim FAISS indexes are not stored: exact flat indexes over normalised prefixes are
 rebuilt lazily from the vectors, so one copy of the data serves every nesting dim.
 Compaction writes generation g+1 and swaps manifest.json atomically (the commit point).
@@ -23,6 +24,7 @@ import faiss
 import numpy as np
 
 from server.errors import Conflict, IndexFolderError, NotFound
+from server.thumbnails import Thumbnails
 from server.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
 from trainer.atomic import atomic_write
 from trainer.nesting import truncate_normalize_np
@@ -156,6 +158,7 @@ class IndexStore:
             self._apply(record)
         self.ops_since_compaction = len(records)
         self._wal = WriteAheadLog(directory / manifest["wal"], valid) if writable else None
+        self.thumbnails = Thumbnails(directory, writable)
 
     @classmethod
     def open(
@@ -207,12 +210,19 @@ class IndexStore:
 
     # mutations -------------------------------------------------------------------------
 
-    def add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
-        """Durably add items with their raw full-dim vectors; all or nothing."""
+    def add(
+        self,
+        items: list[dict[str, Any]],
+        vectors: np.ndarray,
+        thumbnails: dict[str, bytes] | None = None,
+    ) -> None:
+        """Durably add items with their raw full-dim vectors (and thumbnails); all or nothing."""
         with self.lock:
             taken = [it["id"] for it in items if it["id"] in self.row_of]
             if taken:
                 raise Conflict(f"ids already in the index: {', '.join(taken[:10])}")
+            if thumbnails:
+                self.thumbnails.add(thumbnails.items())
             record = {"op": "add", "items": items, "vectors": encode_vectors(vectors)}
             self._log(record)
             self._apply_add(items, np.asarray(vectors, np.float32))
@@ -287,6 +297,7 @@ class IndexStore:
     def close(self) -> None:
         if self._wal is not None:
             self._wal.close()
+        self.thumbnails.close()
 
     # search ----------------------------------------------------------------------------
 

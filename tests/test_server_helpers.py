@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import datasets
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -69,3 +76,43 @@ def matryoshka_vectors(n: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(1.0 + np.arange(width))
     return (rng.standard_normal((n, width)) * scale).astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m server` in a subprocess; flags as a user would type them, settings from env."""
+
+    def __init__(self, checkpoint, index_dir, tmp_path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp_path / f"server-{self.port}.log", "w")  # noqa: SIM115
+        environ = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+        argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint)]
+        argv += ["--index-dir", str(index_dir), "--port", str(self.port)]
+        self.proc = subprocess.Popen(argv, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.proc.poll() is None, (tmp_path / f"server-{self.port}.log").read_text()
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_server_helpers import (
+    Server,
     build_index,
     evaluator_embeddings,
     matryoshka_vectors,
@@ -33,52 +31,12 @@ def checkpoint(tiny_dataset, tmp_path_factory):
     return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m server` in a subprocess; flags as a user would type them, key from env."""
-
-    def __init__(self, checkpoint, index_dir, tmp_path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp_path / f"server-{self.port}.log", "w")  # noqa: SIM115
-        environ = {**os.environ, "OMP_NUM_THREADS": "1", "MOCO_API_KEY": KEY, **env}
-        argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint)]
-        argv += ["--index-dir", str(index_dir), "--port", str(self.port)]
-        self.proc = subprocess.Popen(argv, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, (tmp_path / f"server-{self.port}.log").read_text()
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
-
-
 @pytest.fixture
 def serve(checkpoint, tmp_path):
     servers = []
 
     def start(index_dir, **env) -> Server:
-        server = Server(checkpoint, index_dir, tmp_path, **env)
+        server = Server(checkpoint, index_dir, tmp_path, MOCO_API_KEY=KEY, **env)
         servers.append(server)
         return server
 
