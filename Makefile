@@ -18,7 +18,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train train-ddp eval ablate compare serve test test-slow lint bench \
+.PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui lint bench \
 	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
 help: ## list the targets
@@ -53,6 +53,17 @@ test: $(STAMP) lint ## lint + fast tests (slow ones: make test-slow)
 
 test-slow: $(STAMP) ## the slow tests (multi-process DDP, fault injection, real training)
 	$(PY) -m pytest -q -m slow
+
+# Debian's browser and driver (Selenium is pointed at them: no driver download).
+UI_APT := chromium chromium-driver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+test-ui: $(STAMP) ## the search page in headless Chromium against a real server (installs chromium via apt)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "test-ui: installing $(UI_APT) with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$(SUDO) apt-get install -y -qq --no-install-recommends $(UI_APT) >/dev/null; }
+	$(PY) -m pytest -q -m ui --durations=5
 
 clean: ## remove the venv and runs/
 	rm -rf $(VENV) runs

@@ -182,6 +182,28 @@ class Hit(BaseModel):
         )
 
 
+class ItemInfo(BaseModel):
+    """An indexed item; `vector` (raw, full dim) only when one item is asked for."""
+
+    id: str
+    label: int | str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+    @classmethod
+    def of(cls, item: dict[str, Any], vector: list[float] | None = None) -> ItemInfo:
+        return cls(
+            id=item["id"],
+            label=scrubbed(item.get("label")),
+            metadata=scrubbed(item.get("metadata")),
+            vector=vector,
+        )
+
+
+class ItemSample(BaseModel):
+    items: list[ItemInfo]
+
+
 class SearchResponse(BaseModel):
     dim: int
     rerank_dim: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 
 from server.batcher import Batcher
-from server.errors import BadInput, Conflict
-from server.images import decode_base64, preprocess_all
+from server.errors import BadInput, Conflict, NotFound
+from server.images import decode_base64, open_image, preprocess_all
 from server.metrics import Metrics
 from server.schemas import (
     AddResponse,
@@ -24,6 +25,8 @@ from server.schemas import (
     Hit,
     ImageItem,
     ImageSearch,
+    ItemInfo,
+    ItemSample,
     ModelInfo,
     SearchResponse,
     VectorItem,
@@ -31,6 +34,7 @@ from server.schemas import (
 )
 from server.settings import Settings
 from server.store import IndexStore
+from server.thumbnails import make_thumbnail
 from trainer.checkpoint import load_checkpoint
 from trainer.device import pick_device
 from trainer.model import load_encoder
@@ -243,16 +247,51 @@ class Service:
         vectors = np.empty((len(ids), self.full_dim), dtype=np.float32)
         if checked.vectors is not None:
             vectors[with_vectors] = checked.vectors
+        thumbnails = {}
         if with_images:
             blobs = [it.image for it in items if isinstance(it, ImageItem)]
             vectors[with_images] = await self.embed_images(blobs)
+            made = await anyio.to_thread.run_sync(self._thumbnails, blobs)
+            thumbnails = {ids[i]: t for i, t in zip(with_images, made, strict=True)}
         records = [{"id": it.id, "label": it.label, "metadata": it.metadata} for it in items]
-        size = await self._mutate(lambda store: store.add(records, vectors))
+        size = await self._mutate(lambda store: store.add(records, vectors, thumbnails))
         return AddResponse(added=len(records), size=size)
 
     async def delete(self, item_id: str) -> DeleteResponse:
         size = await self._mutate(lambda store: store.delete(item_id))
         return DeleteResponse(deleted=item_id, size=size)
+
+    # items (the search page) ---------------------------------------------------------
+
+    def sample_items(self, n: int) -> ItemSample:
+        store = self.require_index()
+        with store.lock:
+            ids = random.sample(list(store.row_of), min(n, len(store)))
+            return ItemSample(items=[ItemInfo.of(store.item(store.row_of[i])) for i in ids])
+
+    def item_info(self, item_id: str) -> ItemInfo:
+        """The live item with its raw full-dim vector."""
+        store = self.require_index()
+        with store.lock:
+            row = store.row_of.get(item_id)
+            if row is None:
+                raise NotFound(f"no item with id {item_id!r} in the index")
+            vector = store.rows[[row]][0]
+            return ItemInfo.of(store.item(row), vector.tolist())
+
+    def thumbnail(self, item_id: str) -> tuple[bytes, str]:
+        """(WebP bytes, ETag) of a live item."""
+        store = self.require_index()
+        with store.lock:
+            if item_id not in store.row_of:
+                raise NotFound(f"no item with id {item_id!r} in the index")
+            data, etag = store.thumbnails.get(item_id), store.thumbnails.etag(item_id)
+        if data is None or etag is None:
+            raise NotFound(
+                f"item {item_id!r} has no thumbnail (added as a vector, or indexed with "
+                "--thumbnail-size 0)"
+            )
+        return data, etag
 
     # work ------------------------------------------------------------------------------
 
@@ -266,6 +305,14 @@ class Service:
             preprocess_all, blobs, self.preprocess, self.settings.max_pixels
         )
         return await self.batcher.embed(x)
+
+    def _thumbnails(self, images: list[str]) -> list[bytes]:
+        """Thumbnails of base64 images that embedding has already accepted."""
+        limit = self.settings.max_pixels
+        return [
+            make_thumbnail(open_image(decode_base64(text, i), i, limit))
+            for i, text in enumerate(images)
+        ]
 
     @staticmethod
     def at_dim(raw: np.ndarray, dim: int) -> np.ndarray:

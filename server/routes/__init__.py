@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routes import embed, health, index_items, model, search
+from server.routes import embed, health, index_items, items, model, page, search
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -12,4 +12,6 @@ ROUTERS: list[APIRouter] = [
     embed.router,
     search.router,
     index_items.router,
+    items.router,
+    page.router,
 ]

@@ -1,0 +1,205 @@
+"""The search page in headless Chromium (Debian's chromium + chromium-driver, via Selenium)
+against a real `python -m server` on 127.0.0.1. Run with `make test-ui` (marker `ui`).
+
+MOCO_UI_CHECKPOINT and MOCO_UI_INDEX point it at an existing checkpoint and index instead
+of a tiny fresh one; MOCO_UI_SCREENSHOT saves the page after the upload search there
+(docs/img/search-page.png is made that way, see docs/SERVING.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from test_server_helpers import Server, build_index, train_tiny
+
+pytestmark = pytest.mark.ui
+
+CHROMIUM = os.environ.get("MOCO_UI_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("MOCO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    checkpoint = os.environ.get("MOCO_UI_CHECKPOINT")
+    index = os.environ.get("MOCO_UI_INDEX")
+    if checkpoint and index:
+        # A copy: the test never changes the caller's index (the server may compact it).
+        index = shutil.copytree(index, tmp / "index")
+    else:
+        checkpoint = train_tiny(tiny_dataset, tmp / "run")
+        index = build_index(checkpoint, tiny_dataset, tmp / "index", limit=120)
+    srv = Server(checkpoint, index, tmp, MOCO_READ_ONLY="true")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: `make test-ui` installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_S)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def query_png(server, tmp_path_factory) -> Path:
+    """A random indexed item's thumbnail, saved as a PNG file to upload."""
+    item = httpx.get(server.url + "/v1/items?sample=1").json()["items"][0]["id"]
+    thumb = httpx.get(f"{server.url}/v1/items/{item}/thumbnail")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
+    path = tmp_path_factory.mktemp("upload") / f"{item}.png"
+    Image.open(io.BytesIO(thumb.content)).save(path)
+    return path
+
+
+def api_ids(server, path: Path, dim: int, rerank_dim: int | None = None) -> list[str]:
+    """What the API answers for this file: the page must show exactly that."""
+    image = base64.b64encode(path.read_bytes()).decode()
+    vec = httpx.post(server.url + "/v1/embed", json={"images": [image]}).json()["embeddings"]
+    body = {"vectors": vec, "dim": dim, "k": 10, "rerank_dim": rerank_dim}
+    hits = httpx.post(server.url + "/v1/search", json=body).json()["results"][0]
+    return [h["id"] for h in hits]
+
+
+def wait_for(browser, condition, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, WAIT_S, poll_frequency=0.1).until(condition, message=what)
+
+
+def console_errors(browser) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def columns(browser) -> list[dict]:
+    """Each column's title, stats line, hit ids and agreement marks, once none is busy."""
+    return browser.execute_script(
+        """
+        return [...document.querySelectorAll('#columns .column')].map(c => ({
+          title: c.querySelector('h2').textContent,
+          busy: c.classList.contains('busy'),
+          stats: c.querySelector('.stats').textContent,
+          ids: [...c.querySelectorAll('.hit')].map(h => h.dataset.id),
+          agree: [...c.querySelectorAll('.hit')].map(h => h.classList.contains('agree')),
+          thumbs: [...c.querySelectorAll('.hit img')]
+            .filter(i => i.complete && i.naturalWidth > 0).length,
+        }));"""
+    )
+
+
+def filled(browser, k: int):
+    cols = columns(browser)
+    done = cols and all(not c["busy"] and len(c["ids"]) == k and c["thumbs"] == k for c in cols)
+    return cols if done else False
+
+
+def open_page(browser, server) -> None:
+    browser.get(server.url + "/")
+    wait_for(
+        browser,
+        lambda b: "nesting dims" in b.find_element("id", "model-info").text,
+        "model info shown",
+    )
+
+
+def upload(browser, path: Path) -> None:
+    browser.find_element("id", "file").send_keys(str(path))
+
+
+def test_page_loads_with_csp_and_no_console_errors(browser, server):
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    open_page(browser, server)
+    wait_for(browser, lambda b: b.find_element("id", "chart-note").text, "chart or its note")
+    boxes = browser.find_elements("css selector", "#dims input")
+    model = httpx.get(server.url + "/v1/model").json()
+    assert [int(b.get_attribute("value")) for b in boxes] == model["nesting_list"]
+    assert browser.find_element("id", "error").get_attribute("hidden") is not None
+    assert console_errors(browser) == []
+
+
+def test_upload_fills_every_column(browser, server, query_png):
+    open_page(browser, server)
+    upload(browser, query_png)
+    cols = wait_for(browser, lambda b: filled(b, 10), "every column filled")
+    nesting = httpx.get(server.url + "/v1/model").json()["nesting_list"]
+    small, middle, full = nesting[0], nesting[(len(nesting) - 1) // 2], nesting[-1]
+    runs = [(small, None), (middle, None), (full, None), (small, full)]
+    assert [c["title"] for c in cols] == [
+        f"dim {small}",
+        f"dim {middle}",
+        f"dim {full}",
+        f"adaptive {small} → {full}",
+    ]
+    reference = set(cols[2]["ids"])
+    for col, (dim, rerank) in zip(cols, runs, strict=True):
+        assert col["ids"] == api_ids(server, query_png, dim, rerank), col["title"]
+        assert col["agree"] == [i in reference for i in col["ids"]]
+        assert "server " in col["stats"] and " ms" in col["stats"]
+        assert f"recall@10 vs {full}: {sum(col['agree']) / 10:.2f}" in col["stats"]
+    assert all(cols[2]["agree"])
+    if shot := os.environ.get("MOCO_UI_SCREENSHOT"):
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(shot)
+    assert console_errors(browser) == []
+
+
+def test_clicking_a_result_searches_by_it(browser, server, query_png):
+    open_page(browser, server)
+    upload(browser, query_png)
+    before = wait_for(browser, lambda b: filled(b, 10), "first search")
+    target = before[2]["ids"][3]
+    full_column = browser.find_elements("css selector", "#columns .column")[2]
+    full_column.find_element("css selector", f'.hit[data-id="{target}"]').click()
+    after = wait_for(
+        browser,
+        lambda b: (c := filled(b, 10)) and c[2]["ids"][0] == target and c,
+        "search by the clicked item",
+    )
+    assert target in browser.find_element("id", "query-caption").text
+    assert after[2]["ids"] != before[2]["ids"]
+    assert console_errors(browser) == []
+
+
+def test_random_item_button(browser, server):
+    open_page(browser, server)
+    browser.find_element("id", "random").click()
+    cols = wait_for(browser, lambda b: filled(b, 10), "random item searched")
+    caption = browser.find_element("id", "query-caption").text
+    assert caption.startswith(f"item {cols[2]['ids'][0]} ")
+
+
+def test_a_non_image_file_shows_an_error(browser, server, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not an image\n")
+    open_page(browser, server)
+    upload(browser, bad)
+    box = wait_for(
+        browser,
+        lambda b: (e := b.find_element("id", "error")).is_displayed() and e,
+        "error shown",
+    )
+    assert "Unsupported file" in box.text and "not an image" in box.text
+    assert browser.find_element("id", "model-info").is_displayed()
