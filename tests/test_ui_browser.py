@@ -53,7 +53,7 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
-    options.add_argument("--window-size=1400,1000")
+    options.add_argument("--window-size=1400,1100")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_S)
