@@ -88,12 +88,14 @@ class Server:
     """`python -m server` in a subprocess; flags as a user would type them, settings from env."""
 
     def __init__(self, checkpoint, index_dir, tmp_path, **env: str):
+        self.checkpoint = checkpoint
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / f"server-{self.port}.log", "w")  # noqa: SIM115
         environ = {**os.environ, "OMP_NUM_THREADS": "1", **env}
         argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint)]
-        argv += ["--index-dir", str(index_dir), "--port", str(self.port)]
+        argv += ["--port", str(self.port)]
+        argv += ["--index-dir", str(index_dir)] if index_dir is not None else []
         self.proc = subprocess.Popen(argv, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while True:

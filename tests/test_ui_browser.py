@@ -24,6 +24,7 @@ pytestmark = pytest.mark.ui
 CHROMIUM = os.environ.get("MOCO_UI_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MOCO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT_S = 60
+MAX_PIXELS = 128 * 128  # above every indexed thumbnail, below the "too large" upload
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def server(tiny_dataset, tmp_path_factory):
     else:
         checkpoint = train_tiny(tiny_dataset, tmp / "run")
         index = build_index(checkpoint, tiny_dataset, tmp / "index", limit=120)
-    srv = Server(checkpoint, index, tmp, MOCO_READ_ONLY="true")
+    srv = Server(checkpoint, index, tmp, MOCO_READ_ONLY="true", MOCO_MAX_PIXELS=str(MAX_PIXELS))
     yield srv
     srv.stop()
 
@@ -114,6 +115,7 @@ def filled(browser, k: int):
 
 
 def open_page(browser, server) -> None:
+    browser.get_log("browser")  # drain: earlier tests' expected 4xx responses are logged
     browser.get(server.url + "/")
     wait_for(
         browser,
@@ -196,10 +198,35 @@ def test_a_non_image_file_shows_an_error(browser, server, tmp_path):
     bad.write_text("this is not an image\n")
     open_page(browser, server)
     upload(browser, bad)
-    box = wait_for(
+    box = error_shown(browser)
+    assert "Unsupported file" in box.text and "not an image" in box.text
+    assert browser.find_element("id", "model-info").is_displayed()
+
+
+def error_shown(browser):
+    return wait_for(
         browser,
         lambda b: (e := b.find_element("id", "error")).is_displayed() and e,
         "error shown",
     )
-    assert "Unsupported file" in box.text and "not an image" in box.text
-    assert browser.find_element("id", "model-info").is_displayed()
+
+
+def test_too_large_an_image_shows_an_error(browser, server, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (200, 200), (30, 120, 200)).save(big)
+    open_page(browser, server)
+    upload(browser, big)
+    text = error_shown(browser).text
+    assert text.startswith("Too large:") and f"the limit is {MAX_PIXELS}" in text
+
+
+def test_a_server_without_an_index_says_so(browser, server, tmp_path):
+    bare = Server(server.checkpoint, None, tmp_path)  # the same model, no --index-dir
+    try:
+        open_page(browser, bare)
+        assert "no index" in browser.find_element("id", "model-info").text
+        assert "No index" in error_shown(browser).text
+        assert not browser.find_element("id", "random").is_enabled()
+        assert console_errors(browser) == []
+    finally:
+        bare.stop()

@@ -150,7 +150,16 @@ async function runSearches(vector) {
   // The full-dim answer is the reference every column is compared with.
   const search = (dim, rerank) =>
     postJson("/v1/search", { vectors: [vector], dim, k, ...(rerank ? { rerank_dim: rerank } : {}) });
-  const reference = await search(full, null);
+  let reference;
+  try {
+    reference = await search(full, null);
+  } catch (e) {
+    for (const { node, stats } of nodes) {
+      node.classList.remove("busy");
+      stats.replaceChildren(el("span", "message", "not searched"));
+    }
+    throw e;
+  }
   if (run !== state.run) return;
   const refIds = new Set(reference.body.results[0].map((h) => h.id));
   for (const { col, node, stats, list } of nodes) {

@@ -1,0 +1,133 @@
+"""The FastAPI app: lifespan (model + index), the routers, and errors as 4xx JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.errors import ApiError, MalformedBody
+from server.metrics import Metrics
+from server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from server.routes import ROUTERS
+from server.service import Service
+from server.settings import Settings
+
+log = logging.getLogger("server")
+
+# Parts of a pydantic error location that name a schema branch, not a field.
+SCHEMA_TAG = re.compile(r"^(?:\w+-(?:query|item)|constrained-\w+|function-.*|int|str)$")
+MALFORMED = (
+    "the body cannot be parsed as {what} (invalid JSON, not UTF-8, nested too deep, "
+    "or a multipart body without a boundary)"
+)
+
+
+def error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    """The one error shape; the detail is made valid UTF-8 whatever the request held."""
+    safe = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": code, "detail": safe}, status_code=status, headers=headers)
+
+
+def describe(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors as one readable line: 'body.k: Input should be a valid integer'."""
+    parts: dict[str, str] = {}  # one line per distinct message: the first place it occurs
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if not SCHEMA_TAG.match(str(p)))
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.setdefault(msg, f"{loc}: {msg}" if loc else msg)
+    return "; ".join(list(parts.values())[:5])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error(
+                400, MalformedBody.code, f"{MALFORMED.format(what='JSON')}: {describe(errors)}"
+            )
+        return error(422, "invalid_request", describe(errors))
+
+    @app.exception_handler(ValidationError)
+    async def invalid_body(request: Request, exc: ValidationError) -> JSONResponse:
+        return error(422, "invalid_request", describe(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (JSON or form)
+            return error(400, MalformedBody.code, MALFORMED.format(what="JSON or multipart"))
+        return error(exc.status_code, "http_error", str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error(500, "internal", "internal server error (logged)")
+
+
+async def reload_loop(service: Service, interval: float) -> None:
+    """Read replicas pick up a newly published index and the writer's logged mutations."""
+    seen = service.index_signature()
+    while True:
+        await asyncio.sleep(interval)
+        now = service.index_signature()
+        if now == seen or not now:
+            continue
+        try:
+            await service.reload()
+            seen = now
+        except Exception as e:
+            log.warning("index reload failed, keeping the current one: %s", e)
+
+
+def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
+    """One app per call, with its own metrics registry; `service` may be preloaded."""
+    metrics = service.metrics if service is not None else Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = service or await anyio.to_thread.run_sync(Service, settings, metrics)
+        app.state.service = svc
+        await svc.batcher.start()
+        reloader = None
+        if settings.read_only and settings.reload_interval_s > 0 and svc.store is not None:
+            reloader = asyncio.create_task(reload_loop(svc, settings.reload_interval_s))
+        if not settings.read_only and settings.api_key is None and svc.store is not None:
+            log.warning("no API key set (MOCO_API_KEY): anyone can change the index")
+        try:
+            yield
+        finally:
+            if reloader is not None:
+                reloader.cancel()
+            await svc.batcher.stop()
+            svc.close()
+
+    app = FastAPI(
+        title="MoCo-Matryoshka embedding server",
+        description="Embeddings at any nesting dim, exact and adaptive (funnel) search.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = None
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

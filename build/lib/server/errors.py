@@ -1,0 +1,61 @@
+"""Errors the API turns into 4xx JSON answers; each message says what was wrong."""
+
+from __future__ import annotations
+
+from trainer.errors import UsageError
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status, short code, human message."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadInput(ApiError):
+    status, code = 422, "invalid_input"
+
+
+class ImageTooLarge(ApiError):
+    status, code = 413, "image_too_large"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "read_only"
+
+
+class UnsupportedMedia(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class MalformedBody(ApiError):
+    status, code = 400, "malformed_body"
+
+
+class NotReady(ApiError):
+    status, code = 503, "not_ready"
+
+
+class Overloaded(ApiError):
+    status, code = 503, "overloaded"
+
+
+class IndexFolderError(UsageError):
+    """An index folder that is missing, corrupt or built from another checkpoint."""

@@ -1,0 +1,17 @@
+"""The API's routes, one APIRouter per resource; the work is in server.service."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.routes import embed, health, index_items, items, model, page, search
+
+ROUTERS: list[APIRouter] = [
+    health.router,
+    model.router,
+    embed.router,
+    search.router,
+    index_items.router,
+    items.router,
+    page.router,
+]

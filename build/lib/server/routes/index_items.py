@@ -1,0 +1,20 @@
+"""Index mutations (writer only, API key): add items, delete one by id."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.routes.deps import ERRORS, JsonBody, ServiceDep, Writer
+from server.schemas import AddRequest, AddResponse, DeleteResponse, ItemId
+
+router = APIRouter(tags=["index"], responses=ERRORS, dependencies=[Writer])
+
+
+@router.post("/v1/index/items", dependencies=[JsonBody])
+async def add_items(body: AddRequest, svc: ServiceDep) -> AddResponse:
+    return await svc.add_items(body.items)
+
+
+@router.delete("/v1/index/items/{item_id}")
+async def delete_item(item_id: ItemId, svc: ServiceDep) -> DeleteResponse:
+    return await svc.delete(item_id)

@@ -1,0 +1,265 @@
+"""Request and response models: the API schema (and the OpenAPI docs at /docs).
+
+Every rule that does not depend on the loaded checkpoint or the operator's settings lives
+here, so the OpenAPI schema states it: k >= 1, list lengths, string sizes, finite float32
+values, exactly one query kind. The checkpoint's dims and the operator's (lower) limits are
+checked by `Service.check_*`. The MAX_* ceilings bound what an operator may configure.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+)
+
+MAX_BATCH = 4096  # images, vectors or items in one request
+MAX_K = 10_000
+MAX_DIM = 65_536
+MAX_IMAGE_CHARS = 1 << 26  # base64 text of one image; the body limit usually binds first
+MAX_LABEL_CHARS = 256
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_DEPTH = 8
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def servable(text: str) -> str:
+    """Refuse strings JSON cannot carry to every client (lone UTF-16 surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (not valid Unicode)") from None
+    return text
+
+
+def servable_json(value: JsonValue, depth: int = 0) -> JsonValue:
+    """Metadata must round-trip: valid Unicode strings, finite numbers, bounded nesting."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, str):
+        servable(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("contains NaN or Infinity (not valid JSON)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            servable(key)
+            servable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            servable_json(item, depth + 1)
+    return value
+
+
+Text = Annotated[str, AfterValidator(servable)]
+ItemId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        # letters, digits and . _ : @ -, but not "." or "..": every id is a safe path segment
+        pattern=r"^(?:[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*|\.[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*"
+        r"|\.\.[A-Za-z0-9._:@-]+)$",
+        description="letters, digits and . _ : @ - (not `.` or `..`); 1 to 128 characters",
+    ),
+]
+Label = (
+    Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[Text, Field(max_length=MAX_LABEL_CHARS)]
+    | None
+)
+Metadata = Annotated[
+    dict[Annotated[Text, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)], JsonValue],
+    Field(max_length=MAX_METADATA_KEYS, description="free JSON, stored and returned as is"),
+    AfterValidator(servable_json),
+]
+Image64 = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_IMAGE_CHARS, description="base64 image file (or data: URI)"),
+]
+Images = Annotated[list[Image64], Field(min_length=1, max_length=MAX_BATCH)]
+Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)]
+Vector = Annotated[list[Float32], Field(min_length=1, max_length=MAX_DIM)]
+Dim = Annotated[int, Field(ge=1, le=MAX_DIM, description="a nesting dim of the checkpoint")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def one_of(first: str, second: str, kind: str) -> Discriminator:
+    """A union tagged by which of two keys the body holds; neither or both is one clear 422."""
+
+    def tag(value: Any) -> str | None:
+        if isinstance(value, BaseModel):
+            key = first if hasattr(value, first) else second
+        elif not isinstance(value, dict) or (first in value) == (second in value):
+            return None
+        else:
+            key = first if first in value else second
+        return f"{key.removesuffix('s')}-{kind}"
+
+    return Discriminator(
+        tag,
+        custom_error_type="one_of",
+        custom_error_message=f"give exactly one of `{first}` or `{second}`",
+    )
+
+
+class EmbedRequest(Strict):
+    images: Images
+    dim: Dim | None = Field(None, description="a nesting dim; default: the full dim")
+
+
+class EmbedResponse(BaseModel):
+    dim: int
+    embeddings: list[list[float]]
+
+
+class SearchOptions(Strict):
+    dim: Dim | None = Field(None, description="search (or shortlist) dim; default: full dim")
+    k: int = Field(10, ge=1, le=MAX_K, description="neighbours per query")
+    rerank_dim: Dim | None = Field(
+        None, description="adaptive search: shortlist at `dim`, rerank exactly at this dim"
+    )
+    shortlist: int | None = Field(
+        None, ge=1, le=100 * MAX_K, description="adaptive shortlist size; default factor x k"
+    )
+
+
+class ImageSearch(SearchOptions):
+    images: Images = Field(description="base64 images to search with")
+
+
+class VectorSearch(SearchOptions):
+    vectors: Annotated[list[Vector], Field(min_length=1, max_length=MAX_BATCH)] = Field(
+        description="query embeddings: the full dim or exactly the dims used"
+    )
+
+
+SearchRequest = Annotated[
+    Annotated[ImageSearch, Tag("image-query")] | Annotated[VectorSearch, Tag("vector-query")],
+    one_of("images", "vectors", "query"),
+]
+
+
+def scrubbed(value: Any) -> Any:
+    """Stored JSON made servable: lone surrogates (stored before the door refused them)
+    become U+FFFD and non-finite floats null, so one bad item cannot break a response."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {scrubbed(k): scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v) for v in value]
+    return value
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    label: int | str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, item: dict[str, Any], score: float) -> Hit:
+        return cls(
+            id=item["id"],
+            score=score,
+            label=scrubbed(item.get("label")),
+            metadata=scrubbed(item.get("metadata")),
+        )
+
+
+class ItemInfo(BaseModel):
+    """An indexed item; `vector` (raw, full dim) only when one item is asked for."""
+
+    id: str
+    label: int | str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+    @classmethod
+    def of(cls, item: dict[str, Any], vector: list[float] | None = None) -> ItemInfo:
+        return cls(
+            id=item["id"],
+            label=scrubbed(item.get("label")),
+            metadata=scrubbed(item.get("metadata")),
+            vector=vector,
+        )
+
+
+class ItemSample(BaseModel):
+    items: list[ItemInfo]
+
+
+class SearchResponse(BaseModel):
+    dim: int
+    rerank_dim: int | None = None
+    results: list[list[Hit]]
+
+
+class ItemFields(Strict):
+    id: ItemId
+    label: Label = None
+    metadata: Metadata | None = None
+
+
+class ImageItem(ItemFields):
+    image: Image64 = Field(description="base64 image; embedded by the server")
+
+
+class VectorItem(ItemFields):
+    vector: Vector = Field(description="raw or normalised full-dim vector")
+
+
+NewItem = Annotated[
+    Annotated[ImageItem, Tag("image-item")] | Annotated[VectorItem, Tag("vector-item")],
+    one_of("image", "vector", "item"),
+]
+
+
+class AddRequest(Strict):
+    items: Annotated[list[NewItem], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class AddResponse(BaseModel):
+    added: int
+    size: int
+
+
+class DeleteResponse(BaseModel):
+    deleted: str
+    size: int
+
+
+class ModelInfo(BaseModel):
+    arch: str
+    nesting_list: list[int]
+    full_dim: int
+    image_size: int
+    step: int
+    epoch: int
+    fingerprint: str
+    index_size: int | None
+    read_only: bool
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str

@@ -1,0 +1,357 @@
+"""The model and the index behind the API: validation against the checkpoint, embed, search."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import faiss
+import numpy as np
+import torch
+
+from server.batcher import Batcher
+from server.errors import BadInput, Conflict, NotFound
+from server.images import decode_base64, open_image, preprocess_all
+from server.metrics import Metrics
+from server.schemas import (
+    AddResponse,
+    DeleteResponse,
+    EmbedResponse,
+    Hit,
+    ImageItem,
+    ImageSearch,
+    ItemInfo,
+    ItemSample,
+    ModelInfo,
+    SearchResponse,
+    VectorItem,
+    VectorSearch,
+)
+from server.settings import Settings
+from server.store import IndexStore
+from server.thumbnails import make_thumbnail
+from trainer.checkpoint import load_checkpoint
+from trainer.device import pick_device
+from trainer.model import load_encoder
+from trainer.nesting import truncate_normalize_np
+from trainer.preprocess import EvalPreprocess
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request's dims, k and query vectors after the checkpoint's and the operator's rules."""
+
+    dim: int
+    rerank_dim: int | None
+    k: int
+    shortlist: int | None
+    vectors: np.ndarray | None
+
+
+class Service:
+    """Loaded once per process (by the lifespan or by `python -m server` before uvicorn)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        torch_threads, faiss_threads = settings.thread_split()
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
+        self.checkpoint = load_checkpoint(settings.checkpoint)
+        self.nesting_list = list(self.checkpoint.model.nesting_list)
+        self.full_dim = self.checkpoint.model.full_dim
+        self.fingerprint = self.checkpoint.fingerprint
+        self.device = pick_device(settings.device)
+        self.encoder = load_encoder(self.checkpoint, self.device)
+        self.preprocess = EvalPreprocess.of(self.checkpoint.model)
+        self.store = self.open_store() if settings.index_dir is not None else None
+        self.batcher = Batcher(
+            self._forward,
+            self.metrics,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+        )
+        self._update_size()
+
+    def open_store(self) -> IndexStore:
+        writable = not self.settings.read_only
+        create = {"checkpoint": str(self.settings.checkpoint), "nesting_list": self.nesting_list}
+        assert self.settings.index_dir is not None
+        return IndexStore.open(
+            Path(self.settings.index_dir),
+            self.fingerprint,
+            self.full_dim,
+            writable=writable,
+            create=create if writable else None,
+        )
+
+    def _forward(self, images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.encoder(images.to(self.device)).float().cpu().numpy()
+
+    def _update_size(self) -> None:
+        self.metrics.index_size.set(len(self.store) if self.store is not None else 0)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def index_signature(self) -> tuple:
+        """Changes whenever a new index is published or the writer logs a mutation."""
+        directory = Path(self.settings.index_dir or ".")
+        try:
+            m = (directory / "manifest.json").stat()
+            wal = self.store.manifest["wal"] if self.store is not None else ""
+            wal_size = (directory / wal).stat().st_size if (directory / wal).is_file() else 0
+            manifest_gen = (directory / "manifest.json").read_bytes()
+        except OSError:
+            return ()
+        return (m.st_ino, m.st_mtime_ns, manifest_gen, wal_size)
+
+    async def reload(self) -> None:
+        """Read replicas: reopen the published index (and the writer's log) and swap it in."""
+        store = await anyio.to_thread.run_sync(self.open_store)
+        old, self.store = self.store, store
+        if old is not None:
+            old.close()
+        self._update_size()
+
+    # validation ------------------------------------------------------------------------
+
+    def check(
+        self,
+        n: int,
+        what: str,
+        *,
+        dim: int | None = None,
+        rerank_dim: int | None = None,
+        k: int = 1,
+        shortlist: int | None = None,
+        vectors: list[list[float]] | None = None,
+        full_dim_only: bool = False,
+    ) -> Checked:
+        """Every rule that depends on the checkpoint or the operator's limits, in one place.
+
+        The static rules (k >= 1, list sizes, finite float32 values) are in server.schemas.
+        """
+        limit = self.settings.max_images
+        if n > limit:
+            raise BadInput(f"batch too large: {n} {what}, the limit is {limit}")
+        dim = self._allowed_dim(dim, "dim")
+        if rerank_dim is not None:
+            rerank_dim = self._allowed_dim(rerank_dim, "rerank_dim")
+            if rerank_dim < dim:
+                raise BadInput(f"rerank_dim {rerank_dim} must be at least dim {dim}")
+        max_k = self.settings.max_k
+        if k > max_k:
+            raise BadInput(f"k={k} is out of range; allowed 1..{max_k}")
+        if shortlist is not None and not k <= shortlist <= 100 * max_k:
+            raise BadInput(f"shortlist must be between k={k} and {100 * max_k}")
+        x = None
+        if vectors is not None:
+            lengths = (
+                {self.full_dim} if full_dim_only else {max(dim, rerank_dim or 0), self.full_dim}
+            )
+            x = self._vectors(vectors, lengths)
+        return Checked(dim, rerank_dim, k, shortlist, x)
+
+    def _allowed_dim(self, dim: int | None, what: str) -> int:
+        if dim is None:
+            return self.full_dim
+        if dim not in self.nesting_list:
+            allowed = ", ".join(map(str, self.nesting_list))
+            raise BadInput(f"{what} {dim} is not allowed; allowed dims: {allowed}")
+        return dim
+
+    @staticmethod
+    def _vectors(vectors: list[list[float]], lengths: set[int]) -> np.ndarray:
+        """Float32 [n, L] with every L in `lengths` and a direction (not all zeros)."""
+        shown = " or ".join(map(str, sorted(lengths)))
+        for i, v in enumerate(vectors):
+            if len(v) not in lengths:
+                raise BadInput(f"vector {i} has length {len(v)}; expected {shown}")
+        if len({len(v) for v in vectors}) > 1:
+            raise BadInput("all vectors in a request must have the same length")
+        x = np.asarray(vectors, dtype=np.float32)
+        if (np.abs(x).max(axis=1) == 0).any():
+            raise BadInput("a vector is all zeros (it has no direction)")
+        return x
+
+    def require_index(self) -> IndexStore:
+        if self.store is None:
+            raise Conflict("this server has no index; start it with --index-dir DIR")
+        return self.store
+
+    # requests --------------------------------------------------------------------------
+
+    def model_info(self) -> ModelInfo:
+        ckpt = self.checkpoint
+        return ModelInfo(
+            arch=ckpt.model.arch,
+            nesting_list=self.nesting_list,
+            full_dim=self.full_dim,
+            image_size=ckpt.model.image_size,
+            step=ckpt.step,
+            epoch=ckpt.epoch,
+            fingerprint=self.fingerprint,
+            index_size=len(self.store) if self.store is not None else None,
+            read_only=self.settings.read_only,
+        )
+
+    async def embed(self, images: list[str] | list[bytes], dim: int | None) -> EmbedResponse:
+        """Base64 text (JSON) or raw file bytes (multipart) -> embeddings at `dim`."""
+        checked = self.check(len(images), "images", dim=dim)
+        raw = await self.embed_images(images)
+        return EmbedResponse(dim=checked.dim, embeddings=self.at_dim(raw, checked.dim).tolist())
+
+    async def search(self, body: ImageSearch | VectorSearch) -> SearchResponse:
+        queries = body.images if isinstance(body, ImageSearch) else body.vectors
+        c = self.check(
+            len(queries),
+            "queries",
+            dim=body.dim,
+            rerank_dim=body.rerank_dim,
+            k=body.k,
+            shortlist=body.shortlist,
+            vectors=body.vectors if isinstance(body, VectorSearch) else None,
+        )
+        self.require_index()
+        x = c.vectors if c.vectors is not None else await self.embed_images(body.images)
+        scores, rows, items = await self._search(x, c.k, c.dim, c.rerank_dim, c.shortlist)
+        return SearchResponse(
+            dim=c.dim,
+            rerank_dim=c.rerank_dim,
+            results=[
+                [Hit.of(items[r], s) for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)]
+                for srow, rrow in zip(scores, rows, strict=True)
+            ],
+        )
+
+    async def add_items(self, items: list[ImageItem | VectorItem]) -> AddResponse:
+        """Embed (images) or take (full-dim vectors), then log durably before answering."""
+        self.require_index()
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            raise BadInput("duplicate ids in the request")
+        with_images = [i for i, it in enumerate(items) if isinstance(it, ImageItem)]
+        with_vectors = [i for i, it in enumerate(items) if isinstance(it, VectorItem)]
+        given = [v.vector for v in items if isinstance(v, VectorItem)]
+        checked = self.check(len(items), "items", vectors=given or None, full_dim_only=True)
+        vectors = np.empty((len(ids), self.full_dim), dtype=np.float32)
+        if checked.vectors is not None:
+            vectors[with_vectors] = checked.vectors
+        thumbnails = {}
+        if with_images:
+            blobs = [it.image for it in items if isinstance(it, ImageItem)]
+            vectors[with_images] = await self.embed_images(blobs)
+            made = await anyio.to_thread.run_sync(self._thumbnails, blobs)
+            thumbnails = {ids[i]: t for i, t in zip(with_images, made, strict=True)}
+        records = [{"id": it.id, "label": it.label, "metadata": it.metadata} for it in items]
+        size = await self._mutate(lambda store: store.add(records, vectors, thumbnails))
+        return AddResponse(added=len(records), size=size)
+
+    async def delete(self, item_id: str) -> DeleteResponse:
+        size = await self._mutate(lambda store: store.delete(item_id))
+        return DeleteResponse(deleted=item_id, size=size)
+
+    # items (the search page) ---------------------------------------------------------
+
+    def sample_items(self, n: int) -> ItemSample:
+        store = self.require_index()
+        with store.lock:
+            ids = random.sample(list(store.row_of), min(n, len(store)))
+            return ItemSample(items=[ItemInfo.of(store.item(store.row_of[i])) for i in ids])
+
+    def item_info(self, item_id: str) -> ItemInfo:
+        """The live item with its raw full-dim vector."""
+        store = self.require_index()
+        with store.lock:
+            row = store.row_of.get(item_id)
+            if row is None:
+                raise NotFound(f"no item with id {item_id!r} in the index")
+            vector = store.rows[[row]][0]
+            return ItemInfo.of(store.item(row), vector.tolist())
+
+    def thumbnail(self, item_id: str) -> tuple[bytes, str]:
+        """(WebP bytes, ETag) of a live item."""
+        store = self.require_index()
+        with store.lock:
+            if item_id not in store.row_of:
+                raise NotFound(f"no item with id {item_id!r} in the index")
+            data, etag = store.thumbnails.get(item_id), store.thumbnails.etag(item_id)
+        if data is None or etag is None:
+            raise NotFound(
+                f"item {item_id!r} has no thumbnail (added as a vector, or indexed with "
+                "--thumbnail-size 0)"
+            )
+        return data, etag
+
+    # work ------------------------------------------------------------------------------
+
+    async def embed_images(self, images: list[str] | list[bytes]) -> np.ndarray:
+        """Full-dim raw embeddings of base64 text or raw image bytes."""
+        blobs = [
+            decode_base64(image, i) if isinstance(image, str) else image
+            for i, image in enumerate(images)
+        ]
+        x = await anyio.to_thread.run_sync(
+            preprocess_all, blobs, self.preprocess, self.settings.max_pixels
+        )
+        return await self.batcher.embed(x)
+
+    def _thumbnails(self, images: list[str]) -> list[bytes]:
+        """Thumbnails of base64 images that embedding has already accepted."""
+        limit = self.settings.max_pixels
+        return [
+            make_thumbnail(open_image(decode_base64(text, i), i, limit))
+            for i, text in enumerate(images)
+        ]
+
+    @staticmethod
+    def at_dim(raw: np.ndarray, dim: int) -> np.ndarray:
+        return truncate_normalize_np(raw, dim)
+
+    async def _search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        dim: int,
+        rerank_dim: int | None,
+        shortlist: int | None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
+        """(scores, row ids, {row: item}) for queries [n, >= the dims used]."""
+        store = self.require_index()
+        if shortlist is None:
+            shortlist = self.settings.shortlist_factor * k
+        mode = "adaptive" if rerank_dim not in (None, dim) else "exact"
+
+        def run() -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
+            start = time.perf_counter()
+            with store.lock:
+                scores, rows = store.search(queries, k, dim, rerank_dim, shortlist)
+                items = {r: store.item(r) for r in np.unique(rows).tolist()}
+            self.metrics.search_seconds.labels(mode).observe(time.perf_counter() - start)
+            return scores, rows, items
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def _mutate(self, change: Callable[[IndexStore], object]) -> int:
+        """Apply one durable edit off the event loop, compacting the log when it is long."""
+        store = self.require_index()
+
+        def run() -> int:
+            change(store)
+            if store.ops_since_compaction >= self.settings.compact_every:
+                store.compact()
+            return len(store)
+
+        size = await anyio.to_thread.run_sync(run)
+        self._update_size()
+        return size

@@ -1,0 +1,58 @@
+"""Server settings: MOCO_* environment variables, overridden by `python -m server` flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.schemas import MAX_BATCH, MAX_K
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start. Field names are the env vars without MOCO_."""
+
+    model_config = SettingsConfigDict(env_prefix="MOCO_", extra="ignore")
+
+    checkpoint: Path = Field(Path("runs/default/checkpoint.pt"), description="checkpoint.pt")
+    index_dir: Path | None = Field(
+        None, description="index folder (python -m server.index build); none = embed only"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    api_key: SecretStr | None = Field(
+        None, description="key required for index mutations (Bearer or X-API-Key)"
+    )
+    read_only: bool = Field(False, description="refuse index mutations (read replicas)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model device")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = half the cores")
+    faiss_threads: int = Field(0, ge=0, description="FAISS OpenMP threads; 0 = half the cores")
+    max_batch_size: int = Field(32, ge=1, description="images per batched model forward")
+    max_wait_ms: float = Field(5.0, ge=0, description="wait this long to fill a batch")
+    max_queue: int = Field(64, ge=1, description="embed requests waiting; beyond -> 503")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
+    max_images: int = Field(64, ge=1, le=MAX_BATCH, description="images (or vectors) per request")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="pixels per image (bombs refused)")
+    max_k: int = Field(1000, ge=1, le=MAX_K, description="largest k in a search")
+    shortlist_factor: int = Field(10, ge=1, description="adaptive shortlist = factor x k")
+    compact_every: int = Field(1000, ge=1, description="compact the write-ahead log after N ops")
+    reload_interval_s: float = Field(
+        2.0, ge=0, description="read-only: poll the index folder for changes; 0 = never"
+    )
+
+    def thread_split(self) -> tuple[int, int]:
+        """(torch, faiss) threads: model and search run concurrently, so share the cores."""
+        half = max(1, available_cores() // 2)
+        return self.torch_threads or half, self.faiss_threads or half

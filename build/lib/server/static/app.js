@@ -1,0 +1,378 @@
+// The search page: one query, searched at several nesting dims side by side.
+// Read-only: it calls GET /v1/model, /v1/dims, /v1/items..., POST /v1/embed and /v1/search.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+const state = { model: null, query: null, run: 0 };
+
+class ApiError extends Error {}
+
+// ---- API ---------------------------------------------------------------------------
+
+function serverMs(res) {
+  const m = /(?:^|,)\s*app;dur=([\d.]+)/.exec(res.headers.get("server-timing") || "");
+  return m ? parseFloat(m[1]) : null;
+}
+
+function explain(status, code, detail) {
+  if (status === 413) return `Too large: ${detail}.`;
+  if (status === 415) return `Unsupported format: ${detail}.`;
+  if (code === "invalid_input" && /not an image|could not be (decoded|converted)|empty/.test(detail)) {
+    return `Unsupported file: ${detail}. Use an image file (PNG, JPEG, WebP, GIF, BMP).`;
+  }
+  if (status === 409) return `No index: ${detail}.`;
+  if (status === 503) return `The server is busy (${detail}); try again in a moment.`;
+  return `${detail} (HTTP ${status}).`;
+}
+
+async function api(path, options) {
+  let res;
+  try {
+    res = await fetch(path, options);
+  } catch (e) {
+    throw new ApiError(`Cannot reach the server (${e.message}).`);
+  }
+  let body = null;
+  try {
+    body = await res.json();
+  } catch (e) {
+    body = null;
+  }
+  if (!res.ok) {
+    const detail = body && body.detail ? body.detail : res.statusText || "request failed";
+    throw new ApiError(explain(res.status, body && body.error, detail));
+  }
+  return { body, ms: serverMs(res) };
+}
+
+const postJson = (path, payload) =>
+  api(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(payload) });
+
+const thumbUrl = (id) => `/v1/items/${encodeURIComponent(id)}/thumbnail`;
+
+// ---- messages ----------------------------------------------------------------------
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+window.addEventListener("error", (e) => showError(`Page error: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) =>
+  showError(e.reason instanceof ApiError ? e.reason.message : `Page error: ${e.reason}`));
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// ---- columns -----------------------------------------------------------------------
+
+function selectedColumns() {
+  const columns = [];
+  for (const box of document.querySelectorAll("#dims input:checked")) {
+    const dim = Number(box.value);
+    columns.push({ title: `dim ${dim}`, dim, rerank: null });
+  }
+  if ($("adaptive-on").checked) {
+    const from = Number($("adaptive-from").value);
+    const to = Number($("adaptive-to").value);
+    if (to > from) columns.push({ title: `adaptive ${from} → ${to}`, dim: from, rerank: to });
+  }
+  return columns;
+}
+
+function describe(hit) {
+  const cls = hit.metadata && typeof hit.metadata.class === "string" ? hit.metadata.class : null;
+  if (cls) return cls;
+  return hit.label === null || hit.label === undefined ? hit.id : `label ${hit.label}`;
+}
+
+function thumbnail(id, alt) {
+  const img = el("img");
+  img.alt = alt;
+  img.loading = "lazy";
+  img.src = thumbUrl(id);
+  img.addEventListener("error", () => img.replaceWith(el("div", "noimg")));
+  return img;
+}
+
+function renderHits(list, hits, reference) {
+  for (const hit of hits) {
+    const li = el("li", "hit");
+    li.dataset.id = hit.id;
+    li.title = `search with ${hit.id}`;
+    if (reference && reference.has(hit.id)) li.classList.add("agree");
+    const text = el("div");
+    text.append(el("div", "label", describe(hit)), el("div", "meta", `${hit.score.toFixed(4)} · ${hit.id}`));
+    li.append(thumbnail(hit.id, describe(hit)), text);
+    li.addEventListener("click", () => searchByItem(hit.id));
+    list.append(li);
+  }
+}
+
+function statsLine(node, ms, recall, k, full) {
+  node.replaceChildren();
+  const parts = [["server ", ms === null ? "n/a" : `${ms.toFixed(1)} ms`]];
+  if (recall !== null) parts.push([`recall@${k} vs ${full}: `, recall.toFixed(2)]);
+  parts.forEach(([label, value], i) => {
+    if (i) node.append(" · ");
+    node.append(label, el("b", "", value));
+  });
+}
+
+async function runSearches(vector) {
+  const run = ++state.run;
+  const k = Number($("k").value);
+  const full = state.model.full_dim;
+  const columns = selectedColumns();
+  const box = $("columns");
+  box.replaceChildren();
+  const nodes = columns.map((col) => {
+    const node = el("section", "column busy");
+    node.dataset.dim = col.dim;
+    if (col.rerank) node.dataset.rerank = col.rerank;
+    const stats = el("div", "stats", "searching…");
+    const list = el("ol", "hits");
+    node.append(el("h2", "", col.title), stats, list);
+    box.append(node);
+    return { col, node, stats, list };
+  });
+  // The full-dim answer is the reference every column is compared with.
+  const search = (dim, rerank) =>
+    postJson("/v1/search", { vectors: [vector], dim, k, ...(rerank ? { rerank_dim: rerank } : {}) });
+  let reference;
+  try {
+    reference = await search(full, null);
+  } catch (e) {
+    for (const { node, stats } of nodes) {
+      node.classList.remove("busy");
+      stats.replaceChildren(el("span", "message", "not searched"));
+    }
+    throw e;
+  }
+  if (run !== state.run) return;
+  const refIds = new Set(reference.body.results[0].map((h) => h.id));
+  for (const { col, node, stats, list } of nodes) {
+    let answer = reference;
+    if (col.dim !== full || col.rerank) {
+      try {
+        answer = await search(col.dim, col.rerank);
+      } catch (e) {
+        node.classList.remove("busy");
+        stats.replaceChildren(el("span", "message", e.message));
+        continue;
+      }
+    }
+    if (run !== state.run) return;
+    const hits = answer.body.results[0];
+    const overlap = hits.filter((h) => refIds.has(h.id)).length;
+    const recall = refIds.size ? overlap / refIds.size : null;
+    statsLine(stats, answer.ms, recall, k, full);
+    renderHits(list, hits, refIds);
+    node.classList.remove("busy");
+  }
+}
+
+// ---- queries -----------------------------------------------------------------------
+
+function setQuery(src, caption) {
+  const img = $("query-image");
+  img.hidden = !src;
+  if (src) img.src = src;
+  $("query-caption").textContent = caption;
+}
+
+async function guarded(work) {
+  try {
+    await work();
+  } catch (e) {
+    showError(e instanceof ApiError ? e.message : `Page error: ${e.message}`);
+  }
+}
+
+function searchByFile(file) {
+  return guarded(async () => {
+    clearError();
+    const form = new FormData();
+    form.append("files", file, file.name || "pasted image");
+    form.append("dim", String(state.model.full_dim));
+    const { body } = await api("/v1/embed/files", { method: "POST", body: form });
+    const src = URL.createObjectURL(file);
+    state.query = { vector: body.embeddings[0] };
+    setQuery(src, `${file.name || "pasted image"} (${Math.round(file.size / 1024)} KiB)`);
+    await runSearches(state.query.vector);
+  });
+}
+
+function searchByItem(id) {
+  return guarded(async () => {
+    clearError();
+    const { body } = await api(`/v1/items/${encodeURIComponent(id)}`);
+    state.query = { vector: body.vector };
+    setQuery(thumbUrl(id), `item ${body.id} (${describe(body)})`);
+    await runSearches(state.query.vector);
+  });
+}
+
+function randomItem() {
+  return guarded(async () => {
+    const { body } = await api("/v1/items?sample=1");
+    if (!body.items.length) throw new ApiError("The index is empty: there is no item to pick.");
+    await searchByItem(body.items[0].id);
+  });
+}
+
+function firstImage(items) {
+  for (const item of items || []) {
+    if (item.kind === "file") return item.getAsFile();
+  }
+  return null;
+}
+
+function wireInputs() {
+  const drop = $("drop");
+  const file = $("file");
+  drop.addEventListener("click", () => file.click());
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") file.click();
+  });
+  file.addEventListener("change", () => {
+    if (file.files.length) searchByFile(file.files[0]);
+    file.value = "";
+  });
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const f = e.dataTransfer.files[0];
+    if (f) searchByFile(f);
+    else showError("Nothing to search with: drop an image file.");
+  });
+  document.addEventListener("paste", (e) => {
+    const f = firstImage(e.clipboardData && e.clipboardData.items);
+    if (f) searchByFile(f);
+  });
+  $("random").addEventListener("click", randomItem);
+  const rerun = () => state.query && guarded(() => runSearches(state.query.vector));
+  for (const id of ["k", "adaptive-on", "adaptive-from", "adaptive-to"]) $(id).addEventListener("change", rerun);
+  $("dims").addEventListener("change", rerun);
+}
+
+// ---- model, dims and the quality chart ---------------------------------------------
+
+function buildDimControls(nesting) {
+  const n = nesting.length;
+  const defaults = new Set([nesting[0], nesting[Math.floor((n - 1) / 2)], nesting[n - 1]]);
+  const dims = $("dims");
+  for (const d of nesting) {
+    const label = el("label");
+    const box = el("input");
+    box.type = "checkbox";
+    box.value = d;
+    box.checked = defaults.has(d);
+    label.append(box, ` ${d}`);
+    dims.append(label);
+  }
+  for (const [id, pick] of [["adaptive-from", nesting[0]], ["adaptive-to", nesting[n - 1]]]) {
+    const select = $(id);
+    for (const d of nesting) select.append(new Option(String(d), String(d), false, d === pick));
+  }
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function drawChart(rows) {
+  const chart = $("chart");
+  chart.replaceChildren();
+  const W = 320, H = 170, left = 30, right = 34, top = 10, bottom = 28;
+  const x = (i) => left + (rows.length < 2 ? 0 : (i * (W - left - right)) / (rows.length - 1));
+  const y = (v) => top + (1 - v) * (H - top - bottom);
+  chart.append(svg("line", { class: "axis", x1: left, y1: y(0), x2: W - right, y2: y(0) }));
+  for (const v of [0, 0.5, 1]) {
+    chart.append(svg("line", { class: "axis", x1: left, y1: y(v), x2: W - right, y2: y(v) }));
+    chart.append(svg("text", { x: left - 4, y: y(v) + 3, "text-anchor": "end" }, v.toFixed(1)));
+  }
+  rows.forEach((r, i) => chart.append(svg("text", { x: x(i), y: H - 14, "text-anchor": "middle" }, r.dim)));
+  chart.append(svg("text", { x: (W - right + left) / 2, y: H - 3, "text-anchor": "middle" }, "dim"));
+  const line = (cls, values) =>
+    svg("polyline", { class: cls, points: values.map((v, i) => `${x(i)},${y(v)}`).join(" ") });
+  const series = [["knn", "kNN top-1", rows.map((r) => r.knn_top1)], ["map", "mAP@k", rows.map((r) => r.map_at_k)]];
+  const latencies = rows.map((r) => r.latency_ms);
+  if (latencies.every((v) => typeof v === "number")) {
+    const top = Math.max(...latencies) || 1;
+    series.push(["lat", `latency (max ${top.toFixed(2)} ms)`, latencies.map((v) => v / top)]);
+  }
+  series.forEach(([cls, name, values], i) => {
+    if (values.some((v) => typeof v !== "number")) return;
+    chart.append(line(cls, values));
+    chart.append(svg("line", { class: cls, x1: left + 6, y1: top + 6 + i * 11, x2: left + 20, y2: top + 6 + i * 11 }));
+    chart.append(svg("text", { x: left + 24, y: top + 9 + i * 11 }, name));
+  });
+}
+
+async function loadDims(path) {
+  const note = $("chart-note");
+  if (!path) {
+    note.textContent = "This server does not report quality per dim (no GET /v1/dims).";
+    return;
+  }
+  try {
+    const { body } = await api(path);
+    const rows = body.dims.map((d) => ({
+      dim: d.dim, knn_top1: d.knn_top1, map_at_k: d.map_at_k, latency_ms: d.exact_ms,
+    }));
+    if (rows.some((r) => typeof r.knn_top1 !== "number")) {
+      note.textContent = "No evaluation stored with this index (make eval before building it): " +
+        "quality per dim unknown.";
+    } else {
+      note.textContent = `From ${body.eval_source || "the checkpoint's evaluation"}; latency: ` +
+        "exact search, one query, measured when the index was built.";
+    }
+    drawChart(rows);
+  } catch (e) {
+    note.textContent = `Quality per dim unavailable: ${e.message}`;
+  }
+}
+
+async function init() {
+  wireInputs();
+  try {
+    state.model = (await api("/v1/model")).body;
+  } catch (e) {
+    $("model-info").textContent = "model not loaded";
+    showError(`The server's model is not available: ${e.message}`);
+    return;
+  }
+  const m = state.model;
+  const size = m.index_size === null ? "no index" : `${m.index_size.toLocaleString()} items`;
+  $("model-info").textContent =
+    `${m.arch}, nesting dims ${m.nesting_list.join(", ")} · step ${m.step} · ${size}`;
+  buildDimControls(m.nesting_list);
+  if (m.index_size === null) {
+    showError("No index: this server was started without --index-dir, so it can embed but not search.");
+    $("random").disabled = true;
+    return;
+  }
+  await loadDims(m.links && m.links.dims);
+}
+
+init();

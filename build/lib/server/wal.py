@@ -1,0 +1,93 @@
+"""Append-only write-ahead log: one checksummed JSON line per index mutation, fsync'ed.
+
+A mutation is acknowledged only after its line is on disk. A torn last line (a crash mid-
+write, never acknowledged) is dropped on replay; damage anywhere else is an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.errors import IndexFolderError
+from trainer.atomic import fsync_dir
+
+
+def encode_vectors(x: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode()
+
+
+def decode_vectors(text: str, width: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").reshape(-1, width).astype(np.float32)
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    body = json.dumps(record, separators=(",", ":")).encode()
+    return b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """All intact records and the byte length they span (a torn tail is not counted)."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    records, good = [], 0
+    for raw in _lines(data):
+        end = good + len(raw)
+        complete = raw.endswith(b"\n")
+        record = _parse(raw) if complete else None
+        if record is None:
+            if end < len(data):
+                raise IndexFolderError(f"write-ahead log {path} is corrupt at byte {good}")
+            break
+        records.append(record)
+        good = end
+    return records, good
+
+
+def _lines(data: bytes) -> Iterator[bytes]:
+    start = 0
+    while start < len(data):
+        nl = data.find(b"\n", start)
+        end = len(data) if nl < 0 else nl + 1
+        yield data[start:end]
+        start = end
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    crc, _, body = raw.rstrip(b"\n").partition(b" ")
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+class WriteAheadLog:
+    """The writer's handle: appends durably, after cutting any torn tail left by a crash."""
+
+    def __init__(self, path: Path, valid_bytes: int):
+        self.path = path
+        existed = path.exists()
+        self._f = open(path, "ab")  # noqa: SIM115 - held open for the process lifetime
+        if self._f.tell() != valid_bytes:
+            self._f.truncate(valid_bytes)
+            os.fsync(self._f.fileno())
+        if not existed:
+            fsync_dir(path.parent)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._f.write(_line(record))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()

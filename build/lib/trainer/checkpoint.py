@@ -1,0 +1,180 @@
+"""The checkpoint: the one contract between training and serving.
+
+`Checkpoint` is what every reader gets; only this module knows the file's keys. The file holds
+tensors and plain Python types only, so `torch.load(weights_only=True)` reads it. Files of an
+older format are brought up to date by `_upgrade`, one step per format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pydantic import ValidationError
+
+from trainer.atomic import atomic_write
+from trainer.config import ModelConfig, TrainConfig
+from trainer.errors import UsageError
+from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from trainer.model import MoCo
+
+FORMAT = "moco-matryoshka/2"
+FORMAT_V1 = "moco-matryoshka/1"
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, truncated or not one of ours."""
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    """A training state: the model's config, the run's config, weights, queue and progress."""
+
+    model: ModelConfig
+    train: TrainConfig
+    encoder_q: dict[str, torch.Tensor]
+    encoder_k: dict[str, torch.Tensor]
+    queue: torch.Tensor
+    queue_ptr: int = 0
+    optimizer: dict[str, Any] | None = None
+    epoch: int = 0
+    step: int = 0
+    world_size: int = 1
+    # Training-only loss parameters (the per-prefix heads); nothing that serves reads them.
+    loss: dict[str, torch.Tensor] = field(default_factory=dict)
+    source: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def capture(
+        cls,
+        cfg: TrainConfig,
+        model: MoCo,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        world_size: int = 1,
+        loss: torch.nn.Module | None = None,
+    ) -> Checkpoint:
+        """The state of a running MoCo model (tensors are shared, not copied)."""
+        return cls(
+            model=ModelConfig.of(cfg),
+            train=cfg,
+            encoder_q=model.encoder_q.state_dict(),
+            encoder_k=model.encoder_k.state_dict(),
+            queue=model.queue,
+            queue_ptr=int(model.queue_ptr),
+            optimizer=None if optimizer is None else optimizer.state_dict(),
+            epoch=epoch,
+            step=step,
+            world_size=world_size,
+            loss={} if loss is None else loss.state_dict(),
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short id of the weights, so an index built from another checkpoint can be refused."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.encoder_q.items()):
+            h.update(name.encode())
+            t = tensor.detach().cpu()
+            h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def _to_file(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self.model.model_dump(mode="json"),
+            "train": self.train.plain(),
+            "encoder_q": self.encoder_q,
+            "encoder_k": self.encoder_k,
+            "queue": self.queue,
+            "queue_ptr": self.queue_ptr,
+            "optimizer": self.optimizer,
+            "epoch": self.epoch,
+            "step": self.step,
+            "world_size": self.world_size,
+            "loss": self.loss,
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
+    """Atomically: a crash leaves the previous file or the new one, never half of one."""
+    atomic_write(path, lambda f: torch.save(checkpoint._to_file(), f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load, upgrade and validate a checkpoint; any problem is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (train one with `make train`)")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for bad files; all mean the same here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is truncated, corrupt or not a torch file ({first[:160]})"
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") not in (FORMAT, FORMAT_V1):
+        raise CheckpointError(
+            f"checkpoint {path} is not a MoCo-Matryoshka checkpoint "
+            f"(expected format {FORMAT!r} or {FORMAT_V1!r})"
+        )
+    raw = _upgrade(raw, path)
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}")
+    try:
+        return Checkpoint(
+            model=ModelConfig.model_validate(raw["model"]),
+            train=TrainConfig.model_validate(raw["train"]),
+            encoder_q=raw["encoder_q"],
+            encoder_k=raw["encoder_k"],
+            queue=raw["queue"],
+            queue_ptr=int(raw["queue_ptr"]),
+            optimizer=raw["optimizer"],
+            epoch=int(raw["epoch"]),
+            step=int(raw["step"]),
+            world_size=int(raw["world_size"]),
+            loss=raw["loss"],
+            source=path,
+        )
+    except (ValidationError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {path} has an unusable config ({' '.join(first[:3])[:200]})"
+        ) from None
+
+
+REQUIRED = ("model", "train", "encoder_q", "encoder_k", "queue", "epoch", "step")
+
+
+def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Any known format -> the current layout (optional entries filled in)."""
+    if raw["format"] == FORMAT_V1:
+        raw = _upgrade_v1(raw, path)
+    return {"queue_ptr": 0, "optimizer": None, "world_size": 1, "loss": {}, **raw}
+
+
+def _upgrade_v1(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """v1 kept one flat `config` dict: the training flags plus mean, std and world_size.
+
+    Checkpoints older than the head options lack `mlp_hidden` and `head_bn`; they were
+    trained with neither (0 and False), whatever today's defaults say.
+    """
+    config = raw.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {path} is missing config")
+    known = {k: v for k, v in config.items() if k in TrainConfig.model_fields}
+    known = {"mlp_hidden": 0, "head_bn": False, **known}
+    model = {k: known[k] for k in ModelConfig.model_fields if k in known}
+    model |= {"mean": config.get("mean", IMAGENET_MEAN), "std": config.get("std", IMAGENET_STD)}
+    rest = {k: v for k, v in raw.items() if k not in ("config", "scaler")}
+    world = {"world_size": config["world_size"]} if "world_size" in config else {}
+    return {**rest, **world, "format": FORMAT, "model": model, "train": known}

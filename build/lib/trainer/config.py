@@ -1,0 +1,249 @@
+"""The one typed training config. CLI flags are generated from its fields."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.errors import UsageError
+from trainer.nesting import parse_nesting_list
+from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+Arch = Literal["convnet", "resnet18", "resnet50"]
+
+
+def _nesting(v: object) -> list[int]:
+    try:
+        return parse_nesting_list(v)  # type: ignore[arg-type]
+    except UsageError as e:
+        raise ValueError(str(e)) from None
+
+
+NestingList = Annotated[list[int], BeforeValidator(_nesting)]
+
+
+def _weights(v: object) -> object:
+    if isinstance(v, str):
+        try:
+            return [float(w) for w in v.replace(" ", "").split(",") if w]
+        except ValueError:
+            raise ValueError(
+                f"must be comma-separated numbers like 1,1,2,2,4,4, got {v!r}"
+            ) from None
+    return v
+
+
+WeightList = Annotated[list[float], BeforeValidator(_weights)]
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. Stored in the checkpoint as a plain dict."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str = Field(
+        "shapes", description="shapes | imagenet-100 | any Hugging Face dataset id | local path"
+    )
+    cache_dir: Path = Field(Path("data"), description="where datasets are generated/cached")
+    image_column: str = Field("image", description="image column of a Hugging Face dataset")
+    label_column: str = Field("label", description="label column of a Hugging Face dataset")
+    train_split: str = Field("train", description="split used for training and as kNN bank")
+    test_split: str = Field(
+        "auto", description="split used for evaluation; auto = test or validation"
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="tuning: hold out this fraction of the train split (seeded) and evaluate "
+        "on it instead of the test split, which is then never read (0 = off)",
+    )
+    arch: Arch = Field(
+        "convnet", description="backbone: convnet (small, CPU default), resnet18, resnet50"
+    )
+    image_size: int = Field(32, ge=16, le=512, description="training crop size in pixels")
+    nesting_list: NestingList = Field(
+        [8, 16, 32, 64, 128, 256],
+        description="Matryoshka dims, comma-separated, ascending; the last is the head dim",
+    )
+    loss_weights: Literal["mean", "sqrt", "linear", "ones"] = Field(
+        "mean",
+        description="per-dim loss weights: mean (1/len each), sqrt or linear (proportional to "
+        "sqrt(dim) or dim, summing to 1), ones (the MRL paper's plain sum)",
+    )
+    dim_weights: WeightList = Field(
+        [],
+        description="explicit per-dim loss weights, one per nesting dim, comma-separated "
+        "(scaled to sum to 1, like MRL's relative_importance); overrides --loss-weights",
+    )
+    distill: float = Field(
+        0.0,
+        ge=0,
+        description="weight of distilling the full-dim similarity distribution over the queue "
+        "into every smaller prefix (teacher detached; 0 = off)",
+    )
+    prefix_heads: bool = Field(
+        False,
+        description="a linear predictor per nesting dim on the query side, used only by the "
+        "loss (the served embedding is unchanged)",
+    )
+    batch_size: int = Field(128, ge=2, description="images per process per step")
+    epochs: int = Field(40, ge=1)
+    lr: float = Field(
+        0.06, gt=0, description="learning rate for a global batch of 256 (scaled linearly)"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear lr warm-up, then cosine decay")
+    queue_size: int = Field(512, ge=0, description="negatives in the MoCo queue (K)")
+    moco_m: float = Field(0.99, ge=0, lt=1, description="key encoder momentum")
+    temp: float = Field(0.2, gt=0, description="InfoNCE temperature")
+    mlp_hidden: int = Field(0, ge=0, description="MLP head hidden width; 0 = backbone width")
+    head_bn: bool = Field(
+        True, description="parameter-free BN on the embedding (equal energy in every dim)"
+    )
+    shuffle_bn: bool = Field(True, description="shuffle the key batch across BN groups")
+    bn_splits: int = Field(
+        2, ge=1, description="single process: BN statistics over this many sub-batches"
+    )
+    sync_bn: bool = Field(False, description="DDP: SyncBatchNorm instead of shuffle BN")
+    augment: Literal["auto", "batch", "worker"] = Field(
+        "auto",
+        description="batch: batched tensor augmentation on the device; worker: per-sample "
+        "torchvision v2 in DataLoader workers; auto: batch on GPU and for any dataset that fits "
+        "in memory (2 GiB decoded), else worker",
+    )
+    amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto = bf16 on GPU")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    seed: int = Field(0)
+    output_dir: Path = Field(Path("runs/default"), description="checkpoint and TensorBoard dir")
+    resume: str = Field(
+        "auto", description="auto (continue from output-dir/checkpoint.pt), never, or a path"
+    )
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0 = off)")
+    eval_interval: int = Field(
+        0, ge=0, description="evaluate on the test split every N epochs (0 = off)"
+    )
+    max_steps: int = Field(0, ge=0, description="stop after N total steps (0 = all epochs)")
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field("auto")
+    allow_large_queue: bool = Field(
+        False, description="allow a queue holding over 25%% of the dataset (usually collapses)"
+    )
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> TrainConfig:
+        w = self.dim_weights
+        if w and (len(w) != len(self.nesting_list) or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(
+                f"--dim-weights needs {len(self.nesting_list)} non-negative numbers (one per "
+                f"nesting dim {self.nesting_list}) with a positive sum, got {w}"
+            )
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        return self.nesting_list[-1]
+
+    def plain(self) -> dict:
+        """JSON-safe dict, for the checkpoint (weights_only) and TensorBoard."""
+        return self.model_dump(mode="json")
+
+
+class ModelConfig(BaseModel):
+    """What rebuilds the encoder and its input preprocessing exactly as trained.
+
+    Training writes it into the checkpoint; evaluation and the server read nothing else.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Arch
+    nesting_list: NestingList
+    image_size: int = Field(ge=16, le=512)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mlp_hidden: int = Field(ge=0)
+    head_bn: bool
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> ModelConfig:
+        return cls(
+            arch=cfg.arch,
+            nesting_list=cfg.nesting_list,
+            image_size=cfg.image_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            mlp_hidden=cfg.mlp_hidden,
+            head_bn=cfg.head_bn,
+        )
+
+    @property
+    def full_dim(self) -> int:
+        return self.nesting_list[-1]
+
+
+def _flag_type(annotation: object) -> tuple[object, tuple[str, ...] | None]:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return str, tuple(str(a) for a in typing.get_args(annotation))
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(args[0])
+    return annotation, None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (plus exit code 2), no usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One --kebab-case flag per field; values are validated by pydantic afterwards."""
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        typ, choices = _flag_type(field.annotation)
+        default = field.default
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_ = f"{field.description or ''} (default: {shown})".strip()
+        if typ is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
+        else:
+            parser.add_argument(
+                flag, dest=name, choices=choices, default=None, metavar=name.upper(), help=help_
+            )
+
+
+def build_model_from_args(model: type[BaseModel], ns: argparse.Namespace, prog: str) -> BaseModel:
+    values = {k: v for k, v in vars(ns).items() if k in model.model_fields and v is not None}
+    try:
+        return model(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["loc"]:  # a whole-config check names its flags itself
+            msg = "--" + str(err["loc"][0]).replace("_", "-") + ": " + msg
+        raise UsageError(msg) from None
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return _OneLineParser(prog=prog, description=description)
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    prog = "python -m trainer.train"
+    parser = make_parser(prog, "Train a MoCo v2 + Matryoshka image encoder.")
+    add_model_flags(parser, TrainConfig)
+    ns = parser.parse_args(argv)
+    return build_model_from_args(TrainConfig, ns, prog)  # type: ignore[return-value]

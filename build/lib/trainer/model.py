@@ -1,0 +1,208 @@
+"""Encoders and the MoCo v2 wrapper (one queue of full-dim keys, momentum encoder, shuffle BN)."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from trainer import distributed as dist
+from trainer.config import ModelConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BN whose training statistics are computed over `num_splits` interleaved sub-batches.
+
+    MoCo's single-GPU recipe: it mimics per-GPU BN so that shuffling the key batch across
+    splits stops the model from cheating through batch statistics. Sample n is in split
+    n % num_splits, which matches the rows each of num_splits DDP ranks would hold.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 1, **kw: Any):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.num_splits
+        n, c, h, w = x.shape
+        if not self.training or s == 1 or n % s:
+            return super().forward(x)
+        mean = self.running_mean.repeat(s)
+        var = self.running_var.repeat(s)
+        out = F.batch_norm(
+            x.reshape(n // s, c * s, h, w),
+            mean,
+            var,
+            None if self.weight is None else self.weight.repeat(s),
+            None if self.bias is None else self.bias.repeat(s),
+            True,
+            self.momentum,
+            self.eps,
+        ).view(n, c, h, w)
+        self.running_mean.copy_(mean.view(s, c).mean(0))
+        self.running_var.copy_(var.view(s, c).mean(0))
+        self.num_batches_tracked += 1
+        return out
+
+
+class ConvNet(nn.Module):
+    """Four conv-BN-ReLU blocks (32-64-128-256): the CPU-sized default backbone."""
+
+    def __init__(self, norm_layer=nn.BatchNorm2d, widths=(32, 64, 128, 256)):
+        super().__init__()
+        layers, c_in = [], 3
+        for i, c in enumerate(widths):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), norm_layer(c), nn.ReLU(True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def build_backbone(arch: str, image_size: int, norm_layer) -> tuple[nn.Module, int]:
+    if arch == "convnet":
+        net = ConvNet(norm_layer)
+        return net, net.out_dim
+    if arch not in ("resnet18", "resnet50"):
+        raise ValueError(f"unknown arch {arch!r}; allowed: convnet, resnet18, resnet50")
+    net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer)
+    if image_size <= 64:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    width = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, width
+
+
+class OutputNorm(nn.Module):
+    """Parameter-free BN over the embedding's coordinates.
+
+    Without it, the Matryoshka losses pile energy into the first coordinates (every loss
+    trains them): 25% of the norm sat in the first 8 of 256 dims, and the full-dim similarity
+    became little more than the 8-dim one. Unit variance per coordinate keeps every dim's
+    share equal, so the full-dim embedding uses all of its dims.
+    """
+
+    def __init__(self, dim: int, norm_layer):
+        super().__init__()
+        self.bn = norm_layer(dim, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x[:, :, None, None]).flatten(1)
+
+
+class Encoder(nn.Module):
+    """Backbone + MoCo v2 MLP head. Its output is the D-dim Matryoshka embedding (raw)."""
+
+    def __init__(self, spec: ModelConfig, bn_splits: int = 1):
+        super().__init__()
+        norm = partial(SplitBatchNorm, num_splits=bn_splits)
+        self.backbone, width = build_backbone(spec.arch, spec.image_size, norm)
+        hidden = spec.mlp_hidden or width
+        layers = [nn.Linear(width, hidden), nn.ReLU(True), nn.Linear(hidden, spec.full_dim)]
+        if spec.head_bn:
+            layers.append(OutputNorm(spec.full_dim, norm))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class MoCo(nn.Module):
+    """MoCo v2 with one queue of K raw full-dim keys, shared by every nesting dim.
+
+    One training step is `q, k = moco(im_q, im_k)`, the loss on (q, k, moco.queue), the
+    optimizer step, then `moco.enqueue(k)`. The forward updates the key encoder by momentum
+    and computes the keys with shuffle BN; `enqueue` gathers every rank's keys.
+    The shuffle permutation of step s is drawn from `shuffle_seed * 7919 + s`, so a resumed run
+    (which sets `steps`) shuffles exactly as an uninterrupted one. `shuffle_seed=None`: no
+    shuffle (SyncBatchNorm, or shuffle BN turned off).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        embed_dim: int,
+        queue_size: int,
+        momentum: float,
+        shuffle_seed: int | None = None,
+    ):
+        super().__init__()
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.m = momentum
+        self.shuffle_seed = shuffle_seed
+        self.steps = 0  # forward passes so far, restored on resume
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, embed_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """k = m * k + (1 - m) * q, for every parameter; BN buffers are the key encoder's own."""
+        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters(), strict=True):
+            pk.mul_(self.m).add_(pq.detach(), alpha=1 - self.m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Gather this step's keys from every rank (in rank order), write them at the pointer."""
+        k = len(self.queue)
+        if k == 0:
+            return
+        keys = dist.all_gather_cat(keys.detach().to(self.queue.dtype))[-k:]
+        ptr = int(self.queue_ptr)
+        idx = (ptr + torch.arange(len(keys), device=keys.device)) % k
+        self.queue[idx] = keys
+        self.queue_ptr.fill_((ptr + len(keys)) % k)
+
+    @torch.no_grad()
+    def keys(self, im_k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Keys with shuffle BN: permute the (global) batch, encode, undo the permutation."""
+        if generator is None:
+            return self.encoder_k(im_k)
+        gathered = dist.all_gather_cat(im_k)
+        perm = torch.randperm(len(gathered), generator=generator).to(im_k.device)
+        perm = dist.broadcast_(perm, src=0)
+        inverse = torch.argsort(perm)
+        n, rank = len(im_k), dist.get_rank()
+        mine = perm.view(-1, n)[rank]
+        k = self.encoder_k(gathered[mine])
+        k_all = dist.all_gather_cat(k)
+        return k_all[inverse].view(-1, n, k.shape[1])[rank]
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries, keys), both raw full-dim; the key encoder moves one momentum step first."""
+        q = self.encoder_q(im_q)
+        self.momentum_update()
+        shuffle = None
+        if self.shuffle_seed is not None:
+            shuffle = torch.Generator().manual_seed(self.shuffle_seed * 7919 + self.steps)
+        k = self.keys(im_k, shuffle)
+        self.steps += 1
+        return q, k
+
+
+def build_moco(cfg: TrainConfig, bn_splits: int) -> MoCo:
+    encoder = Encoder(ModelConfig.of(cfg), bn_splits)
+    shuffle_seed = cfg.seed if cfg.shuffle_bn and not cfg.sync_bn else None
+    return MoCo(encoder, cfg.embed_dim, cfg.queue_size, cfg.moco_m, shuffle_seed)
+
+
+def load_encoder(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> Encoder:
+    """The query encoder of a loaded checkpoint, in eval mode, on `device`."""
+    encoder = Encoder(checkpoint.model)
+    encoder.load_state_dict(checkpoint.encoder_q)
+    return encoder.to(device).eval()

@@ -1,0 +1,364 @@
+"""The training loop: `python -m trainer.train` (also the torchrun entry point).
+
+`train()` reads top to bottom: `setup` (process group, data, model, optimizer, resume), then
+epochs of `train_step`s (`run_epoch`), `end_epoch` (log, checkpoint, evaluate) and `finish`,
+which on SIGTERM saves the step reached. The MoCo algorithm itself is `trainer.model.MoCo`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from trainer import distributed as dist
+from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import ModelConfig, TrainConfig, parse_train_args
+from trainer.data import TrainData, load_splits
+from trainer.errors import UsageError, run_cli
+from trainer.loss import MoCoMatryoshkaLoss, build_loss
+from trainer.model import MoCo, build_moco
+
+MAX_QUEUE_FRACTION = 0.25
+# Besides the whole ModelConfig, a resumed run must share these with its checkpoint.
+RESUME_MUST_MATCH = ("queue_size", "dataset", "val_fraction", "prefix_heads")
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves after the current step and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+
+def check_config(cfg: TrainConfig, n_train: int, world_size: int) -> None:
+    global_batch = cfg.batch_size * world_size
+    if cfg.queue_size % global_batch:
+        raise UsageError(
+            f"--queue-size {cfg.queue_size} must be a multiple of the global batch "
+            f"{global_batch} (--batch-size {cfg.batch_size} x {world_size} processes)"
+        )
+    if cfg.queue_size > MAX_QUEUE_FRACTION * n_train and not cfg.allow_large_queue:
+        raise UsageError(
+            f"--queue-size {cfg.queue_size} is {cfg.queue_size / n_train:.0%} of the "
+            f"{n_train} training images: each image would meet its own older key as a negative "
+            f"and training collapses; use at most {int(MAX_QUEUE_FRACTION * n_train)} "
+            "(or --allow-large-queue)"
+        )
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, world_size: int) -> float:
+    """Linear scaling (lr is for a global batch of 256), linear warm-up, then cosine decay."""
+    peak = cfg.lr * cfg.batch_size * world_size / 256
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        path = cfg.output_dir / "checkpoint.pt"
+        return path if path.exists() else None
+    path = Path(cfg.resume)
+    if not path.exists():
+        raise UsageError(f"--resume {path}: no such checkpoint (use auto, never or a path)")
+    return path
+
+
+def restore(cfg: TrainConfig, path: Path, model: MoCo, loss_fn, optimizer, device) -> int:
+    ckpt = load_checkpoint(path, map_location=device)
+    now = ModelConfig.of(cfg)
+    pairs = [(k, getattr(ckpt.model, k), getattr(now, k)) for k in ModelConfig.model_fields]
+    pairs += [(k, getattr(ckpt.train, k), getattr(cfg, k)) for k in RESUME_MUST_MATCH]
+    for key, saved, now in pairs:
+        if saved != now:
+            raise UsageError(
+                f"cannot resume from {path}: it was trained with {key}={saved!r}, "
+                f"this run has {now!r} (use another --output-dir or --resume never)"
+            )
+    if ckpt.optimizer is None:
+        raise UsageError(f"cannot resume from {path}: it holds no optimizer state")
+    model.encoder_q.load_state_dict(ckpt.encoder_q)
+    model.encoder_k.load_state_dict(ckpt.encoder_k)
+    model.queue.copy_(ckpt.queue)
+    model.queue_ptr.fill_(ckpt.queue_ptr)
+    loss_fn.load_state_dict(ckpt.loss)
+    optimizer.load_state_dict(ckpt.optimizer)
+    return ckpt.step
+
+
+def log_epoch(out_dir: Path, record: dict) -> None:
+    with open(out_dir / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def evaluate_now(encoder, cfg, device, env, writer, epoch: int) -> None:
+    from trainer.evaluate import evaluate_encoder  # evaluation imports the trainer, not the reverse
+
+    rows = evaluate_encoder(encoder, cfg, device, env.rank, env.world_size)
+    if writer is not None:
+        for row in rows:
+            writer.add_scalar(f"eval/knn_top1/dim_{row['dim']}", row["knn_top1"], epoch)
+            writer.add_scalar(f"eval/map_at_k/dim_{row['dim']}", row["map_at_k"], epoch)
+        summary = ", ".join(f"{r['dim']}:{r['knn_top1']:.3f}" for r in rows)
+        tqdm.write(f"epoch {epoch} kNN top-1 by dim: {summary}")
+
+
+@dataclass
+class Run:
+    """Everything set up once and used by every step."""
+
+    cfg: TrainConfig
+    env: dist.DistEnv
+    device: torch.device
+    data: TrainData
+    model: MoCo
+    runner: torch.nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    loss_fn: MoCoMatryoshkaLoss
+    total_steps: int
+    writer: SummaryWriter | None = None  # rank 0 only
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.steps_per_epoch
+
+    def save(self, step: int) -> Path:
+        """Rank 0 writes the checkpoint; other ranks do nothing."""
+        path = self.cfg.output_dir / "checkpoint.pt"
+        if self.env.is_main:
+            ckpt = Checkpoint.capture(
+                self.cfg,
+                self.model,
+                self.optimizer,
+                step=step,
+                epoch=step // self.steps_per_epoch,
+                world_size=self.env.world_size,
+                loss=self.loss_fn,
+            )
+            save_checkpoint(ckpt, path)
+        return path
+
+
+@dataclass
+class EpochStats:
+    """One epoch's running totals: mean loss per dim, throughput, time spent waiting for data."""
+
+    loss_sums: torch.Tensor
+    steps: int = 0
+    images: int = 0
+    waited: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def images_per_s(self) -> float:
+        return self.images / (time.perf_counter() - self.started)
+
+    def record(self, epoch: int, step: int, nesting_list: list[int]) -> dict:
+        elapsed = time.perf_counter() - self.started
+        means = (self.loss_sums / max(self.steps, 1)).tolist()
+        return {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss_per_dim": dict(zip(map(str, nesting_list), means, strict=True)),
+            "images_per_s": self.images / elapsed,
+            "data_wait_fraction": self.waited / elapsed,
+        }
+
+
+def train(cfg: TrainConfig, environ=os.environ) -> dict:
+    """Train (or resume) to cfg's last step; returns the step, per-epoch history, stopped."""
+    run = setup(cfg, environ)
+    stop = StopFlag()
+    step, history = run.model.steps, []
+    while step < run.total_steps:
+        epoch = step // run.steps_per_epoch
+        stats, step, stopping = run_epoch(run, epoch, step, stop)
+        if stopping:
+            return finish(run, step, history, stopped=True)
+        history.append(end_epoch(run, epoch, step, stats))
+    return finish(run, step, history, stopped=False)
+
+
+def setup(cfg: TrainConfig, environ) -> Run:
+    """Process group, data (rank 0 downloads first), model, optimizer, loss, resume, DDP."""
+    env, device, _ = dist.setup(cfg.dist_backend, cfg.device, environ)
+    torch.manual_seed(cfg.seed)
+    if env.is_main:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        train_ds, _ = load_splits(cfg)
+    dist.barrier()
+    if not env.is_main:
+        train_ds, _ = load_splits(cfg)
+    check_config(cfg, len(train_ds), env.world_size)
+    data = TrainData(cfg, train_ds, env.rank, env.world_size, device)
+    model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
+    if cfg.sync_bn and env.is_distributed:
+        if device.type != "cuda":
+            raise UsageError(
+                "--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU"
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    fmt = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    model = model.to(device, memory_format=fmt)
+    loss_fn = build_loss(cfg).to(device)
+    optimizer = torch.optim.SGD(
+        [*model.encoder_q.parameters(), *loss_fn.parameters()],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
+    path = resume_path(cfg)
+    if path is not None:
+        model.steps = restore(cfg, path, model, loss_fn, optimizer, device)
+        if env.is_main:
+            epoch = model.steps // data.steps_per_epoch
+            print(f"resumed from {path} at step {model.steps} (epoch {epoch})", file=sys.stderr)
+    # forward_sync_buffers=False: the queue is identical on every rank by construction, and
+    # broadcasting a 65,536 x 2,048 queue every step would cost more than the step.
+    runner = (
+        DistributedDataParallel(model, forward_sync_buffers=False) if env.is_distributed else model
+    )
+    total_steps = cfg.epochs * data.steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    writer = None
+    if env.is_main:
+        writer = SummaryWriter(str(cfg.output_dir / "tb"), purge_step=model.steps)
+    return Run(cfg, env, device, data, model, runner, optimizer, loss_fn, total_steps, writer)
+
+
+def train_step(run: Run, im_q: torch.Tensor, im_k: torch.Tensor, step: int):
+    """One MoCo step at `step`'s learning rate; returns (loss, per-dim losses, lr)."""
+    cfg, device = run.cfg, run.device
+    if device.type == "cuda":
+        im_q = im_q.contiguous(memory_format=torch.channels_last)
+        im_k = im_k.contiguous(memory_format=torch.channels_last)
+    lr = learning_rate(cfg, step, run.steps_per_epoch, run.env.world_size)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        q, k = run.runner(im_q, im_k)
+    loss, per_dim = run.loss_fn(q, k, run.model.queue)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.model.enqueue(k)
+    return loss, per_dim, lr
+
+
+def sync_losses_and_stop(run: Run, per_dim: torch.Tensor, stop: StopFlag):
+    """Mean per-dim losses over ranks, and whether any rank got SIGTERM.
+
+    One collective carries both, so every rank stops after the same step and nobody is left
+    waiting in a collective.
+    """
+    flag = torch.tensor([float(stop.signum is not None)], device=run.device)
+    stats = dist.all_reduce_mean(torch.cat([per_dim.detach(), flag]))
+    return stats[:-1], bool(stats[-1] > 0)
+
+
+def log_step(run: Run, bar: tqdm, stats: EpochStats, loss, per_dim, lr: float, step: int) -> None:
+    if not run.env.is_main:
+        return
+    bar.set_postfix(loss=f"{per_dim.mean().item():.3f}", img_s=f"{stats.images_per_s():.0f}")
+    bar.update()
+    run.writer.add_scalar("train/loss", loss.item(), step)
+    run.writer.add_scalar("train/lr", lr, step)
+    for d, value in zip(run.cfg.nesting_list, per_dim.tolist(), strict=True):
+        run.writer.add_scalar(f"train/loss_dim_{d}", value, step)
+
+
+def run_epoch(run: Run, epoch: int, step: int, stop: StopFlag) -> tuple[EpochStats, int, bool]:
+    """Steps from `step` to the epoch's end (or max_steps, or a stop signal)."""
+    cfg, spe = run.cfg, run.steps_per_epoch
+    run.model.train()
+    bar = tqdm(
+        total=spe,
+        initial=step % spe,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not run.env.is_main,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    stats = EpochStats(torch.zeros(len(cfg.nesting_list), device=run.device))
+    stopping = False
+    t_ready = time.perf_counter()
+    for im_q, im_k in run.data.epoch(epoch, step % spe):
+        stats.waited += time.perf_counter() - t_ready
+        loss, per_dim, lr = train_step(run, im_q, im_k, step)
+        step += 1
+        per_dim, stopping = sync_losses_and_stop(run, per_dim, stop)
+        stats.loss_sums += per_dim
+        stats.steps += 1
+        stats.images += len(im_q) * run.env.world_size
+        log_step(run, bar, stats, loss, per_dim, lr, step)
+        if stopping or step >= run.total_steps:
+            break
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            run.save(step)
+        t_ready = time.perf_counter()
+    bar.close()
+    return stats, step, stopping
+
+
+def end_epoch(run: Run, epoch: int, step: int, stats: EpochStats) -> dict:
+    """Log the epoch, checkpoint, and evaluate when --eval-interval says so."""
+    cfg = run.cfg
+    record = stats.record(epoch, step, cfg.nesting_list)
+    if run.writer is not None:
+        run.writer.add_scalar("train/images_per_s", record["images_per_s"], step)
+        run.writer.add_scalar("train/data_wait_fraction", record["data_wait_fraction"], step)
+        run.save(step)
+        log_epoch(cfg.output_dir, record)
+    epoch_done = step % run.steps_per_epoch == 0
+    if cfg.eval_interval and epoch_done and (epoch + 1) % cfg.eval_interval == 0:
+        evaluate_now(run.model.encoder_q, cfg, run.device, run.env, run.writer, epoch + 1)
+    return record
+
+
+def finish(run: Run, step: int, history: list[dict], stopped: bool) -> dict:
+    """On a stop signal, save first; no collectives here (every rank stopped at this step)."""
+    if stopped:
+        path = run.save(step)
+        if run.env.is_main:
+            print(f"stop signal: saved step {step} to {path}, exiting", file=sys.stderr)
+    if run.writer is not None:
+        run.writer.close()
+    dist.cleanup()
+    return {"step": step, "stopped": stopped, "history": history, "is_main": run.env.is_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_train_args(argv)
+    result = train(cfg)
+    if result["is_main"] and result["history"] and not result["stopped"]:
+        first, last = result["history"][0], result["history"][-1]
+        for record in (first, last):
+            losses = " ".join(f"{d}:{v:.3f}" for d, v in record["loss_per_dim"].items())
+            print(f"loss per dim, epoch {record['epoch']}: {losses}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, "python -m trainer.train")
