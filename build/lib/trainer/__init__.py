@@ -1,1 +1,0 @@
-"""MoCo v2 + Matryoshka Representation Learning: the training half of the product."""
