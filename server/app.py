@@ -44,6 +44,7 @@ def describe(errors: list[dict[str, Any]]) -> str:
     parts: dict[str, str] = {}  # one line per distinct message: the first place it occurs
     for e in errors:
         loc = ".".join(str(p) for p in e.get("loc", ()) if not SCHEMA_TAG.match(str(p)))
+        loc = loc if len(loc) <= 80 else loc[:77] + "..."
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         parts.setdefault(msg, f"{loc}: {msg}" if loc else msg)
     return "; ".join(list(parts.values())[:5])

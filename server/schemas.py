@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    JsonValue,
     Tag,
 )
 
@@ -42,7 +41,7 @@ def servable(text: str) -> str:
     return text
 
 
-def servable_json(value: JsonValue, depth: int = 0) -> JsonValue:
+def servable_json(value: Any, depth: int = 0) -> Any:
     """Metadata must round-trip: valid Unicode strings, finite numbers, bounded nesting."""
     if depth > MAX_METADATA_DEPTH:
         raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
@@ -57,6 +56,8 @@ def servable_json(value: JsonValue, depth: int = 0) -> JsonValue:
     elif isinstance(value, list):
         for item in value:
             servable_json(item, depth + 1)
+    elif value is not None and not isinstance(value, int | float):
+        raise ValueError(f"holds a {type(value).__name__}, not a JSON value")
     return value
 
 
@@ -78,7 +79,7 @@ Label = (
     | None
 )
 Metadata = Annotated[
-    dict[Annotated[Text, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)], JsonValue],
+    dict[Annotated[Text, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)], Any],
     Field(max_length=MAX_METADATA_KEYS, description="free JSON, stored and returned as is"),
     AfterValidator(servable_json),
 ]

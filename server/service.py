@@ -89,7 +89,7 @@ class Service:
             self.fingerprint,
             self.full_dim,
             writable=writable,
-            create=create if writable else None,
+            create=create if writable and self.settings.create_index else None,
         )
 
     def _forward(self, images: torch.Tensor) -> np.ndarray:
@@ -156,10 +156,10 @@ class Service:
             raise BadInput(f"shortlist must be between k={k} and {100 * max_k}")
         x = None
         if vectors is not None:
-            lengths = (
-                {self.full_dim} if full_dim_only else {max(dim, rerank_dim or 0), self.full_dim}
-            )
-            x = self._vectors(vectors, lengths)
+            if full_dim_only:  # stored: findable at every nesting dim
+                x = self._vectors(vectors, {self.full_dim}, self.nesting_list[0])
+            else:
+                x = self._vectors(vectors, {max(dim, rerank_dim or 0), self.full_dim}, dim)
         return Checked(dim, rerank_dim, k, shortlist, x)
 
     def _allowed_dim(self, dim: int | None, what: str) -> int:
@@ -171,8 +171,8 @@ class Service:
         return dim
 
     @staticmethod
-    def _vectors(vectors: list[list[float]], lengths: set[int]) -> np.ndarray:
-        """Float32 [n, L] with every L in `lengths` and a direction (not all zeros)."""
+    def _vectors(vectors: list[list[float]], lengths: set[int], dim: int) -> np.ndarray:
+        """Float32 [n, L] with every L in `lengths` and a direction in its first `dim` values."""
         shown = " or ".join(map(str, sorted(lengths)))
         for i, v in enumerate(vectors):
             if len(v) not in lengths:
@@ -180,8 +180,12 @@ class Service:
         if len({len(v) for v in vectors}) > 1:
             raise BadInput("all vectors in a request must have the same length")
         x = np.asarray(vectors, dtype=np.float32)
-        if (np.abs(x).max(axis=1) == 0).any():
-            raise BadInput("a vector is all zeros (it has no direction)")
+        flat = np.flatnonzero(np.abs(x[:, :dim]).max(axis=1) == 0)
+        if len(flat):
+            raise BadInput(
+                f"vector {flat[0]} is all zeros in its first {dim} values: it has no "
+                f"direction at dim {dim}, so no search there could find or rank it"
+            )
         return x
 
     def require_index(self) -> IndexStore:

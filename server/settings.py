@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     index_dir: Path | None = Field(
         None, description="index folder (python -m server.index build); none = embed only"
     )
+    create_index: bool = Field(
+        False,
+        description="writer: start an empty index when --index-dir holds none yet "
+        "(a folder with index files but no manifest.json is refused, never overwritten)",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     api_key: SecretStr | None = Field(

@@ -4,7 +4,8 @@ Folder layout (one generation is current; manifest.json names its files):
   manifest.json        format, checkpoint fingerprint, width, count, generation, file names
   vectors-<g>.npy      raw full-dim float32 embeddings [N, D], the only copy (memory-mapped)
   items-<g>.jsonl      one {"id", "label", "metadata"} per row
-  wal-<g>.jsonl        mutations since generation g (server.wal), replayed on open
+  wal-<g>.jsonl        mutations since generation g (server.wal), replayed on open; the
+                       manifest counts the records it must hold (server.folder)
   thumbnails.*         item thumbnails by id, across generations (server.thumbnails)
 Per-dim FAISS indexes are not stored: exact flat indexes over normalised prefixes are
 rebuilt lazily from the vectors, so one copy of the data serves every nesting dim.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ import faiss
 import numpy as np
 
 from server.errors import Conflict, IndexFolderError, NotFound
+from server.folder import check_log, publish_manifest, refuse_orphans, remove_stale
 from server.thumbnails import Thumbnails
 from server.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
-from trainer.atomic import atomic_write
 from trainer.nesting import truncate_normalize_np
 from trainer.search import funnel_search, search_index
 
@@ -64,6 +66,8 @@ def write_generation(
         os.fsync(f.fileno())
     with open(directory / vec_name, "rb+") as f:
         os.fsync(f.fileno())
+    with open(directory / f"wal-{generation}.jsonl", "wb") as f:
+        os.fsync(f.fileno())
     manifest = {
         **info,
         "format": FORMAT,
@@ -73,9 +77,9 @@ def write_generation(
         "vectors": vec_name,
         "items": items_name,
         "wal": f"wal-{generation}.jsonl",
+        "wal_records": 0,
     }
-    text = json.dumps(manifest, indent=1).encode()
-    atomic_write(directory / "manifest.json", lambda f: f.write(text))
+    publish_manifest(directory, manifest)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -83,7 +87,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IndexFolderError(
             f"{directory} is not an index folder (no manifest.json); build one with "
-            "`python -m server.index build --checkpoint C --dataset D --out DIR`"
+            "`python -m server.index build --checkpoint C --dataset D --out DIR`, or start "
+            "the writer with --create-index to begin an empty index there"
         )
     try:
         manifest = json.loads(path.read_text())
@@ -154,6 +159,7 @@ class IndexStore:
         self._indexes: dict[int, faiss.Index] = {}
         self._load_generation(manifest)
         records, valid = read_records(directory / manifest["wal"])
+        check_log(directory / manifest["wal"], len(records), manifest)
         for record in records:
             self._apply(record)
         self.ops_since_compaction = len(records)
@@ -170,11 +176,32 @@ class IndexStore:
         writable: bool,
         create: dict[str, Any] | None = None,
     ) -> IndexStore:
-        """Open (or, writable and given `create` info, start empty) and check the checkpoint."""
+        """Open (or, writable and given `create` info, start empty) and check the checkpoint.
+
+        The writer then removes generation files no manifest names (left by a kill).
+        """
         directory = Path(directory)
-        if writable and create is not None and not (directory / "manifest.json").exists():
-            info = {**create, "fingerprint": fingerprint}
-            write_generation(directory, 0, width, 0, [], [], info)
+        if not (directory / "manifest.json").exists():
+            refuse_orphans(directory)
+            if writable and create is not None:
+                info = {**create, "fingerprint": fingerprint}
+                write_generation(directory, 0, width, 0, [], [], info)
+        for attempt in range(3):
+            try:
+                store = cls._open_checked(directory, fingerprint, width, writable)
+                break
+            except IndexFolderError:
+                if attempt == 2 or writable:
+                    raise
+                time.sleep(0.05)  # a reader may race the writer's compaction: read again
+        if writable:
+            remove_stale(directory, store.manifest)
+        return store
+
+    @classmethod
+    def _open_checked(
+        cls, directory: Path, fingerprint: str, width: int, writable: bool
+    ) -> IndexStore:
         manifest = read_manifest(directory)
         if manifest.get("fingerprint") != fingerprint:
             raise IndexFolderError(
@@ -235,10 +262,13 @@ class IndexStore:
             self._apply_delete(item_id)
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append durably, then count it in the manifest: the log may never hold fewer."""
         if self._wal is None:
             raise RuntimeError("this index store was opened read-only")
         self._wal.append(record)
         self.ops_since_compaction += 1
+        self.manifest = {**self.manifest, "wal_records": self.ops_since_compaction}
+        publish_manifest(self.directory, self.manifest)
 
     def _apply(self, record: dict[str, Any]) -> None:
         if record["op"] == "add":

@@ -1,7 +1,9 @@
 """Append-only write-ahead log: one checksummed JSON line per index mutation, fsync'ed.
 
 A mutation is acknowledged only after its line is on disk. A torn last line (a crash mid-
-write, never acknowledged) is dropped on replay; damage anywhere else is an error.
+write, never acknowledged) is dropped on replay; a last line that is complete and checksummed
+but lost its newline is kept; damage anywhere else is an error. How many records the log must
+hold is the manifest's business (server.store), which catches a deleted or shortened log.
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     records, good = [], 0
     for raw in _lines(data):
         end = good + len(raw)
-        complete = raw.endswith(b"\n")
-        record = _parse(raw) if complete else None
+        record = _parse(raw)
         if record is None:
             if end < len(data):
                 raise IndexFolderError(f"write-ahead log {path} is corrupt at byte {good}")
@@ -71,6 +72,12 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
         return None
 
 
+def _byte_at(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(1)
+
+
 class WriteAheadLog:
     """The writer's handle: appends durably, after cutting any torn tail left by a crash."""
 
@@ -80,6 +87,10 @@ class WriteAheadLog:
         self._f = open(path, "ab")  # noqa: SIM115 - held open for the process lifetime
         if self._f.tell() != valid_bytes:
             self._f.truncate(valid_bytes)
+            os.fsync(self._f.fileno())
+        if valid_bytes and _byte_at(path, valid_bytes - 1) != b"\n":
+            self._f.write(b"\n")  # a kept last record that had lost its newline
+            self._f.flush()
             os.fsync(self._f.fileno())
         if not existed:
             fsync_dir(path.parent)

@@ -72,7 +72,9 @@ def client(make_client):
 
 @pytest.fixture
 def writer(make_client, checkpoint, tmp_path):
-    return make_client(index_dir=tmp_path / "fresh-index", max_images=4000, max_k=50)
+    return make_client(
+        index_dir=tmp_path / "fresh-index", create_index=True, max_images=4000, max_k=50
+    )
 
 
 def test_health_ready_model(client):
@@ -241,7 +243,7 @@ def _bad_cases():
             422,
             "less than or equal to 3402823",
         ),
-        ("vector zero", "/v1/search", {"vectors": [[0.0] * 64]}, 422, "zeros"),
+        ("vector zero", "/v1/search", {"vectors": [[0.0] * 64]}, 422, "all zeros"),
         (
             "vector ragged",
             "/v1/search",
@@ -347,7 +349,7 @@ def test_metrics_parse_as_prometheus_text(client):
 
 def test_read_replica_picks_up_the_writers_changes(make_client, tmp_path):
     index = tmp_path / "shared-index"
-    writer = make_client(index_dir=index)
+    writer = make_client(index_dir=index, create_index=True)
     reader = make_client(index_dir=index, read_only=True, reload_interval_s=0.1)
     vec = matryoshka_vectors(1, 64, seed=5)[0].tolist()
     r = writer.post("/v1/index/items", json={"items": [{"id": "w1", "vector": vec}]}, headers=AUTH)

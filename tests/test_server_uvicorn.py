@@ -86,7 +86,7 @@ def test_embed_search_and_concurrent_batching(serve, checkpoint, tiny_dataset, t
 @pytest.mark.slow
 def test_kill_9_after_acknowledged_adds_loses_nothing(serve, tmp_path, tiny_dataset):
     index = tmp_path / "durable"
-    env = {"MOCO_COMPACT_EVERY": "7"}
+    env = {"MOCO_COMPACT_EVERY": "7", "MOCO_CREATE_INDEX": "true"}
     server = serve(index, **env)
     vectors = matryoshka_vectors(20, 64, seed=11)
     auth = {"Authorization": f"Bearer {KEY}"}

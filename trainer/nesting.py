@@ -49,5 +49,13 @@ def truncate_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
 def truncate_normalize_np(x: np.ndarray, dim: int) -> np.ndarray:
     """NumPy twin of truncate_normalize (float32, contiguous, ready for FAISS)."""
     v = np.ascontiguousarray(x[..., :dim], dtype=np.float32)
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.ascontiguousarray(v / np.maximum(norms, 1e-12), dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    out = v / np.maximum(norms, 1e-12)
+    # float32 squares overflow above ~1e19 and underflow below ~1e-19: such rows (huge
+    # values, denormals) are normalised in float64, where neither happens.
+    unsafe = ~((norms > 1e-18) & (norms < 1e18))[..., 0]
+    if unsafe.any():
+        w = v[unsafe].astype(np.float64)
+        out[unsafe] = w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-300)
+    return np.ascontiguousarray(out, dtype=np.float32)
