@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server import openapi
 from server.errors import ApiError, MalformedBody
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -129,6 +130,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

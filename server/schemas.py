@@ -73,8 +73,9 @@ ItemId = Annotated[
         description="letters, digits and . _ : @ - (not `.` or `..`); 1 to 128 characters",
     ),
 ]
+JSON_SAFE_INT = 2**53  # exact in every JSON client (JavaScript numbers are doubles)
 Label = (
-    Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    Annotated[int, Field(ge=-JSON_SAFE_INT, le=JSON_SAFE_INT)]
     | Annotated[Text, Field(max_length=MAX_LABEL_CHARS)]
     | None
 )

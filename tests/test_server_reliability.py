@@ -170,7 +170,7 @@ def test_openapi_states_the_static_bounds(writer):
     k = schemas["VectorSearch"]["properties"]["k"]
     assert k["minimum"] == 1 and k["maximum"] >= 1000
     vectors = schemas["VectorSearch"]["properties"]["vectors"]
-    assert vectors["minItems"] == 1 and vectors["items"]["minItems"] == 1
+    assert vectors["minItems"] == 1 and vectors["items"]["minItems"] >= 1
     assert schemas["VectorSearch"]["additionalProperties"] is False
     assert schemas["AddRequest"]["properties"]["items"]["minItems"] == 1
     search_body = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
@@ -184,3 +184,16 @@ def test_openapi_states_the_static_bounds(writer):
     for path in ("/v1/embed", "/v1/embed/files", "/v1/search", "/v1/index/items"):
         responses = spec["paths"][path]["post"]["responses"]
         assert {"400", "415", "422"} <= set(responses), path
+    assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
+
+
+def test_openapi_is_narrowed_to_the_checkpoint_and_settings(writer):
+    """What depends on the loaded checkpoint and the operator's limits is in /openapi.json."""
+    schemas = writer.get("/openapi.json").json()["components"]["schemas"]
+    search = schemas["VectorSearch"]["properties"]
+    assert search["dim"]["anyOf"][0]["enum"] == [8, 16, 32, 64]
+    assert search["rerank_dim"]["anyOf"][0]["enum"] == [8, 16, 32, 64]
+    assert search["k"]["maximum"] == 1000 and search["vectors"]["maxItems"] == 64
+    assert search["vectors"]["items"]["minItems"] == search["vectors"]["items"]["maxItems"] == 64
+    assert schemas["VectorItem"]["properties"]["vector"]["maxItems"] == 64
+    assert schemas["EmbedRequest"]["properties"]["dim"]["anyOf"][0]["enum"] == [8, 16, 32, 64]

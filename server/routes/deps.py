@@ -5,7 +5,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from server.errors import Forbidden, Unauthorized, UnsupportedMedia
 from server.schemas import ErrorBody
@@ -20,10 +21,16 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
+bearer = HTTPBearer(auto_error=False, description="the server's API key (MOCO_API_KEY)")
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="the same key, as a header"
+)
+
+
 def require_writer(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    x_api_key: Annotated[str | None, Security(api_key_header)],
 ) -> None:
     """Mutations: refused on read replicas (403); need the API key when one is set (401)."""
     settings: Settings = request.app.state.settings
@@ -31,11 +38,9 @@ def require_writer(
         raise Forbidden("this replica is read-only (MOCO_READ_ONLY); send mutations to the writer")
     if settings.api_key is None:
         return
-    given = x_api_key
-    if given is None and authorization and authorization[:7].lower() == "bearer ":
-        given = authorization[7:].strip()
+    given = x_api_key if x_api_key is not None else credentials and credentials.credentials
     expected = settings.api_key.get_secret_value().encode()
-    if given is None or not secrets.compare_digest(given.encode(), expected):
+    if not given or not secrets.compare_digest(given.encode(), expected):
         raise Unauthorized(
             "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             headers={"WWW-Authenticate": "Bearer"},
@@ -45,9 +50,10 @@ def require_writer(
 Writer = Depends(require_writer)
 
 
-def json_body(content_type: Annotated[str | None, Header()] = None) -> None:
+def json_body(request: Request) -> None:
     """JSON routes take application/json (or no content type); anything else is a 415."""
-    media = (content_type or "application/json").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type") or "application/json"
+    media = content_type.split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMedia(
             f"unsupported content type {media!r}: this route takes application/json "
