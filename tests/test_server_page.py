@@ -110,7 +110,7 @@ def test_added_items_get_thumbnails_that_survive_a_restart(checkpoint, tmp_path,
         {"id": "pic", "image": png_b64(image), "label": "mine"},
         {"id": "vec", "vector": [0.5] * 64},
     ]
-    settings = {"checkpoint": checkpoint, "index_dir": tmp_path / "index"}
+    settings = {"checkpoint": checkpoint, "index_dir": tmp_path / "index", "create_index": True}
     with client_for(**settings) as writer:
         added = writer.post("/v1/index/items", json={"items": items}, headers=AUTH)
         assert added.status_code == 200, added.text
