@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from trainer.preprocess import normalize
+from trainer.transfer import constant, to_device
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,14 @@ def _uniforms(seed: int, epoch: int, indices: torch.Tensor, view: int) -> torch.
     return torch.stack(rows)
 
 
+_GRAY = [0.299, 0.587, 0.114]
+_TO_YIQ = torch.tensor([_GRAY, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+# inverted once on the host: torch.linalg.inv on CUDA checks for errors with a host sync
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    w = constant(_GRAY, x.device, x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -109,12 +116,8 @@ def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tens
 
 def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """Hue shift as a rotation of the chroma plane in YIQ space (linear, batched)."""
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        device=x.device,
-        dtype=x.dtype,
-    )
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq = constant(_TO_YIQ.tolist(), x.device, x.dtype)
+    from_yiq = constant(_FROM_YIQ.tolist(), x.device, x.dtype)
     a = 2 * math.pi * turns
     cos, sin = torch.cos(a), torch.sin(a)
     rot = torch.zeros(len(x), 3, 3, device=x.device, dtype=x.dtype)
@@ -149,7 +152,7 @@ class BatchTwoCrop:
 
     def view(self, images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, view: int):
         p = self.p
-        u = _uniforms(seed, epoch, indices, view).to(images.device)
+        u = to_device(_uniforms(seed, epoch, indices, view), images.device)
         x = images.float().div_(255)
         x = self._resized_crop(x, u)
         jitter = u[:, 4] < p.jitter_p

@@ -119,6 +119,17 @@ class TrainConfig(BaseModel):
         "torchvision v2 in DataLoader workers; auto: batch on GPU and for any dataset that fits "
         "in memory (2 GiB decoded), else worker",
     )
+    decode: Literal["auto", "pil", "device"] = Field(
+        "auto",
+        description="where JPEG bytes are decoded: pil (DataLoader workers), device (in "
+        "batches on the training device: nvjpeg on a GPU; other formats still PIL), auto: "
+        "device on a GPU when the dataset holds JPEG bytes and --augment is batch",
+    )
+    preload: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: with --augment batch and --decode pil, decode a dataset that fits "
+        "in 2 GiB once and keep it in memory; off: decode every epoch",
+    )
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto = bf16 on GPU")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     workers: int = Field(2, ge=0, description="DataLoader worker processes")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from trainer import shapes
 from trainer.augment import AugmentParams, BatchTwoCrop, TwoCropTransform
 from trainer.config import TrainConfig
+from trainer.decode import EncodedBatch, as_byte_tensor, collate_encoded, is_jpeg, pil_decode
 from trainer.errors import UsageError
 from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_center_crop
 from trainer.preprocess import stored_size as stored_size_for
@@ -166,6 +167,64 @@ class DecodedImages(Dataset):
         return image, self.labels[i], i
 
 
+class EncodedImages(Dataset):
+    """Decode stage split for the device: JPEGs stay bytes, any other format is decoded here.
+
+    Items are (1-D uint8 JPEG bytes or uint8 [3, S, S], label, index); `collate_encoded`
+    batches them and the training device decodes the bytes (trainer.decode).
+    """
+
+    def __init__(
+        self, ds: datasets.Dataset, image_column: str, label_column: str | None = None, size=0
+    ):
+        self.ds = ds.cast_column(image_column, datasets.Image(decode=False))
+        self.image_column, self.size = image_column, size
+        self.labels = torch.tensor(ds[label_column], dtype=torch.long) if label_column else None
+
+    def encoded(self, i: int) -> bytes:
+        """The image's file bytes (a dataset built from files may hold only their paths)."""
+        item = self.ds[i][self.image_column]
+        if item["bytes"] is not None:
+            return item["bytes"]
+        return Path(item["path"]).read_bytes()
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        i = key[0] if isinstance(key, tuple) else key
+        data = self.encoded(i)
+        image = as_byte_tensor(data) if is_jpeg(data) else pil_decode(data, self.size)
+        return image, self.labels[i], i
+
+
+def holds_jpeg_bytes(ds: datasets.Dataset, image_column: str) -> bool:
+    """An image column (not arrays) whose first image is a JPEG: the device can decode it."""
+    if not isinstance(ds.features.get(image_column), datasets.Image) or len(ds) == 0:
+        return False
+    return is_jpeg(EncodedImages(ds.select([0]), image_column).encoded(0))
+
+
+def choose_decode(cfg: TrainConfig, augment: str, ds: datasets.Dataset, device) -> str:
+    """--decode auto|pil|device -> pil or device, with a one-line error for a bad pairing."""
+    if cfg.decode == "pil":
+        return "pil"
+    if cfg.decode == "device":
+        if augment != "batch":
+            raise UsageError(
+                "--decode device needs --augment batch (the device decodes whole batches); "
+                "use --augment batch or --decode pil"
+            )
+        if not isinstance(ds.features.get(cfg.image_column), datasets.Image):
+            raise UsageError(
+                f"--decode device: column {cfg.image_column!r} holds no encoded images "
+                "(it is not a datasets.Image column); use --decode pil"
+            )
+        return "device"
+    jpeg = holds_jpeg_bytes(ds, cfg.image_column)
+    return "device" if device.type == "cuda" and augment == "batch" and jpeg else "pil"
+
+
 class TwoCropImages(Dataset):
     """Worker-side path: decode + per-sample v2 two-crop augmentation."""
 
@@ -228,6 +287,7 @@ class TrainData:
         self.cfg, self.device = cfg, device
         params = AugmentParams(cfg.image_size)
         size = stored_size_for(cfg.image_size)
+        self.stored_size = size
         decoded = DecodedImages(train, cfg.image_column, cfg.label_column, size)
         fits = len(decoded) * 3 * size * size <= PRELOAD_BYTES
         mode = cfg.augment
@@ -237,13 +297,18 @@ class TrainData:
             # streams through per-sample workers.
             mode = "batch" if fits or device.type == "cuda" else "worker"
         self.mode = mode
-        preload = mode == "batch" and fits
+        self.decode = choose_decode(cfg, mode, train, device)
+        preload = mode == "batch" and self.decode == "pil" and cfg.preload == "auto" and fits
         if preload:
             decoded.preload()
         self.sampler = EpochSampler(len(decoded), cfg.batch_size, rank, world, cfg.seed)
+        collate = None
         if mode == "batch":
             self.batch_aug = BatchTwoCrop(params, IMAGENET_MEAN, IMAGENET_STD)
             dataset: Dataset = decoded
+            if self.decode == "device":
+                dataset = EncodedImages(train, cfg.image_column, cfg.label_column, size)
+                collate = collate_encoded
         else:
             self.two_crop = TwoCropImages(
                 decoded, TwoCropTransform(params, IMAGENET_MEAN, IMAGENET_STD), cfg.seed
@@ -258,6 +323,7 @@ class TrainData:
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             drop_last=True,
+            collate_fn=collate,
         )
         if self.sampler.steps_per_epoch == 0:
             raise UsageError(
@@ -273,7 +339,10 @@ class TrainData:
         """Yield (query view, key view) on the device for the rest of this epoch."""
         self.sampler.set_epoch(epoch, start_step)
         for batch in self.loader:
-            if self.mode == "batch":
+            if isinstance(batch, EncodedBatch):
+                images = batch.decode(self.stored_size, self.device)
+                yield self.batch_aug(images, batch.indices, self.cfg.seed, epoch)
+            elif self.mode == "batch":
                 images, _, index = batch
                 images = images.to(self.device, non_blocking=True)
                 yield self.batch_aug(images, index, self.cfg.seed, epoch)

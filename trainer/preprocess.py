@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from trainer.transfer import constant
+
 if TYPE_CHECKING:
     from trainer.config import ModelConfig
 
@@ -56,8 +58,8 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     """uint8 or [0,1] float images [..., 3, H, W] -> normalised float."""
     if x.dtype == torch.uint8:
         x = x.float().div_(255)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(3, 1, 1)
+    m = constant(list(mean), x.device, x.dtype).view(3, 1, 1)
+    s = constant(list(std), x.device, x.dtype).view(3, 1, 1)
     return (x - m) / s
 
 
