@@ -18,7 +18,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui lint bench \
+.PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui lint bench gpu-wheels \
 	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
 help: ## list the targets
@@ -163,6 +163,26 @@ $(INDEX)/manifest.json: | $(STAMP) $(OUTPUT)/checkpoint.pt
 serve: $(STAMP) $(OUTPUT)/checkpoint.pt $(INDEX)/manifest.json ## serve embeddings + search (builds the index if missing)
 	$(PY) -m server --checkpoint $(OUTPUT)/checkpoint.pt --index-dir $(INDEX) \
 		--host $(SERVE_HOST) --port $(SERVE_PORT)
+
+# The GPU machine (docs/GPU.md) has Python 3.12 with torch, torchvision, numpy, pillow, pyarrow,
+# tensorboard, httpx... but no registry: the project's other needs travel as wheels, at the
+# versions this venv runs.
+GPU_WHEELS := datasets dill multiprocess fastapi starlette pydantic pydantic-core \
+	pydantic-settings python-dotenv annotated-types typing-inspection uvicorn python-multipart \
+	faiss-cpu opentelemetry-api typing-extensions
+GPU_PY ?= 3.12
+WHEEL_DIR ?= .whl
+
+gpu-wheels: $(STAMP) ## wheels (Python $(GPU_PY), x86_64) the offline GPU machine lacks -> $(WHEEL_DIR)/
+	mkdir -p $(WHEEL_DIR)
+	$(PY) -c 'import sys; from importlib.metadata import version; \
+		print("\n".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS) \
+		> $(WHEEL_DIR)/requirements.txt
+	$(VENV)/bin/pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+		--python-version $(GPU_PY) --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(WHEEL_DIR) -r $(WHEEL_DIR)/requirements.txt
+	@ls $(WHEEL_DIR)/*.whl | wc -l | xargs echo "wheels in $(WHEEL_DIR):"
 
 bench: $(STAMP) ## run the benchmarks in bench/ (ratios on stdout, JSON in bench/results/)
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -121,8 +121,8 @@ def test_training_with_device_decode_equals_pil_decode(tiny_config, jpeg_dataset
         )  # fmt: skip
         train(cfg)
         states.append(load_checkpoint(cfg.output_dir / "checkpoint.pt"))
-    for name, tensor in states[0]["encoder_q"].items():
-        torch.testing.assert_close(states[1]["encoder_q"][name], tensor, rtol=0, atol=0)
+    for name, tensor in states[0].encoder_q.items():
+        torch.testing.assert_close(states[1].encoder_q[name], tensor, rtol=0, atol=0)
 
 
 def test_choose_decode(tiny_config, jpeg_dataset, tiny_dataset):

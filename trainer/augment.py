@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from trainer.device import constant, to_device
 from trainer.preprocess import normalize
-from trainer.transfer import constant, to_device
 
 
 @dataclass(frozen=True)

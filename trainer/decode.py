@@ -20,8 +20,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
+from trainer.device import to_device
 from trainer.preprocess import decode_rgb, resize_center_crop
-from trainer.transfer import to_device
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 

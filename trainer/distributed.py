@@ -8,6 +8,7 @@ initialised, so single-process code calls them unconditionally.
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -275,6 +276,20 @@ def _restart_safe_store(environ: Mapping[str, str], env: DistEnv) -> dist.Store 
     )
     attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"/moco/attempt_{attempt}/", store)
+
+
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP without the per-forward buffer broadcast; the queue is identical on every rank.
+
+    Broadcasting a 65,536 x 2,048 queue every step would cost more than the step. torch 2.13
+    renamed the switch to `forward_sync_buffers` (the old `broadcast_buffers` warns); older
+    torch (the 2.11 of docs/GPU.md) only has the old name, with the same meaning.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    switch = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return DistributedDataParallel(model, **{switch: False})
 
 
 def cleanup() -> None:

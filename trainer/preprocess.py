@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from trainer.transfer import constant
+from trainer.device import constant
 
 if TYPE_CHECKING:
     from trainer.config import ModelConfig
