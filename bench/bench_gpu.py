@@ -172,7 +172,7 @@ class Step:
     """One training step exactly as the trainer takes it (model, loss, optimizer, enqueue)."""
 
     def __init__(self, cfg, device: torch.device, compile_encoders: bool):
-        from trainer.loss import MoCoMatryoshkaLoss, training_weights
+        from trainer.loss import build_loss
         from trainer.model import build_moco
 
         self.cfg, self.device = cfg, device
@@ -182,14 +182,13 @@ class Step:
         if compile_encoders:
             self.model.encoder_q.compile()
             self.model.encoder_k.compile()
+        self.loss_fn = build_loss(cfg).to(device)
         self.optimizer = torch.optim.SGD(
-            self.model.encoder_q.parameters(),
+            [*self.model.encoder_q.parameters(), *self.loss_fn.parameters()],
             lr=cfg.lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
-        weights = training_weights(cfg.nesting_list, cfg.loss_weights)
-        self.loss_fn = MoCoMatryoshkaLoss(cfg.nesting_list, cfg.temp, weights).to(device)
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.cuda)
         self.n = 0
 

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_smoke_profile_runs_every_part_and_writes_consistent_json(tmp_path):
     out = tmp_path / "gpu-smoke.json"
     argv = [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--profile", "smoke",
-            "--parts", "a,b,d,e", "--workdir", str(tmp_path / "work"), "--output", str(out)]  # fmt: skip
+            "--parts", "a,b,d,e", "--workdir", str(tmp_path / "w"),
+            "--output", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=580, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
