@@ -169,43 +169,19 @@ def train_config(p: Profile, folder: Path, workdir: Path, **overrides):
 
 
 class Step:
-    """One training step exactly as the trainer takes it (model, loss, optimizer, enqueue)."""
+    """The trainer's own step (`trainer.train.setup` + `train_step`), counted."""
 
-    def __init__(self, cfg, device: torch.device, compile_encoders: bool):
-        from trainer.loss import build_loss
-        from trainer.model import build_moco
+    def __init__(self, cfg):
+        from trainer.train import setup
 
-        self.cfg, self.device = cfg, device
-        self.cuda = device.type == "cuda"
-        fmt = torch.channels_last if self.cuda else torch.preserve_format
-        self.model = build_moco(cfg, bn_splits=cfg.bn_splits).to(device, memory_format=fmt)
-        if compile_encoders:
-            self.model.encoder_q.compile()
-            self.model.encoder_k.compile()
-        self.loss_fn = build_loss(cfg).to(device)
-        self.optimizer = torch.optim.SGD(
-            [*self.model.encoder_q.parameters(), *self.loss_fn.parameters()],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.cuda)
-        self.n = 0
+        self.run = setup(cfg, environ={})
+        self.device, self.n = self.run.device, 0
 
-    def __call__(self, im_q: torch.Tensor, im_k: torch.Tensor) -> torch.Tensor:
-        if self.cuda:
-            im_q = im_q.contiguous(memory_format=torch.channels_last)
-            im_k = im_k.contiguous(memory_format=torch.channels_last)
-        shuffle = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.n)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            q, k = self.model(im_q, im_k, shuffle)
-        loss, _ = self.loss_fn(q, k, self.model.queue)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.model.enqueue(k.float())
+    def __call__(self, im_q: torch.Tensor, im_k: torch.Tensor) -> None:
+        from trainer.train import train_step
+
+        train_step(self.run, im_q, im_k, self.n)
         self.n += 1
-        return loss
 
 
 def sync(device: torch.device) -> None:
@@ -281,9 +257,8 @@ def bench_training(p: Profile, folder: Path, workdir: Path, compiled: bool, out:
     from trainer.preprocess import stored_size
 
     device = torch.device(p.device)
-    cfg = train_config(p, folder, workdir, decode="pil")
-    torch.manual_seed(0)
-    step = Step(cfg, device, compiled)
+    cfg = train_config(p, folder, workdir, decode="pil", compile=compiled)
+    step = Step(cfg)
     t0 = time.perf_counter()
     ceiling = time_steps(step, synthetic(cfg, device), p.warmup, p.steps, p.batch_size)
     ceiling["warmup_and_compile_s" if compiled else "warmup_s"] = (
@@ -293,16 +268,16 @@ def bench_training(p: Profile, folder: Path, workdir: Path, compiled: bool, out:
     e2e = {}
     for mode in ("pil", "device"):
         data = TrainData(cfg.model_copy(update={"decode": mode}), train_ds, 0, 1, device)
+        step.run.data = data
         assert data.decode == mode and p.warmup + p.steps <= data.steps_per_epoch
         batches = data.epoch(0)
-        run = time_steps(step, batches, p.warmup, p.steps, p.batch_size)
+        timed = time_steps(step, batches, p.warmup, p.steps, p.batch_size)
         batches.close()
-        run["ratio_to_ceiling"] = run["images_per_s"] / ceiling["images_per_s"]
+        timed["ratio_to_ceiling"] = timed["images_per_s"] / ceiling["images_per_s"]
         if not compiled:
-            run["decode_stage"] = decode_stage(data, device)
-        run["workers"] = cfg.workers
-        e2e[mode] = run
-        del data
+            timed["decode_stage"] = decode_stage(data, device)
+        timed["workers"] = cfg.workers
+        e2e[mode] = timed
     key_a, key_b = ("c_ceiling", "c_end_to_end") if compiled else ("a_ceiling", "b_end_to_end")
     out[key_a], out[key_b] = ceiling, e2e
     if compiled:
@@ -311,7 +286,8 @@ def bench_training(p: Profile, folder: Path, workdir: Path, compiled: bool, out:
         pil, dev = e2e["pil"]["decode_stage"], e2e["device"]["decode_stage"]
         e2e["decode_stage_ratio_device_over_pil"] = dev["images_per_s"] / pil["images_per_s"]
         e2e["agreement"] = decode_agreement(folder, stored_size(cfg.image_size), device)
-    del step
+    step.run.writer.close()
+    del step, data
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

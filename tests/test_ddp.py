@@ -200,7 +200,8 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, procs):
     # Head BN off: its tiny initial output variance (~1e-4 against eps 1e-5) amplifies
     # float-summation-order differences past this test's 1e-5 weight tolerance, although
     # the per-dim losses still agree; the DDP mechanics under test are the same either way.
-    common = ["--no-shuffle-bn", "--no-head-bn", "--max-steps", "6", "--seed", "3"]
+    common = ["--no-shuffle-bn", "--no-head-bn", "--max-steps", "6", "--seed", "3",
+              "--log-every", "1"]  # fmt: skip
     a = start(
         ["-m", "trainer.train", *flags(one, cache_dir, *common), "--batch-size", "128",
          "--bn-splits", "2"],

@@ -131,6 +131,15 @@ class TrainConfig(BaseModel):
         "in 2 GiB once and keep it in memory; off: decode every epoch",
     )
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto = bf16 on GPU")
+    compile: bool = Field(
+        False, description="torch.compile the encoders (GPU: faster steps after a slow start)"
+    )
+    log_every: int = Field(
+        10,
+        ge=1,
+        description="log the losses every N steps; between logs no step waits for the host (with "
+        "several processes, a stop signal is also agreed every N steps)",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     seed: int = Field(0)

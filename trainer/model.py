@@ -13,6 +13,7 @@ import torchvision
 
 from trainer import distributed as dist
 from trainer.config import ModelConfig, TrainConfig
+from trainer.device import to_device
 
 if TYPE_CHECKING:
     from trainer.checkpoint import Checkpoint
@@ -153,8 +154,11 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """k = m * k + (1 - m) * q, for every parameter; BN buffers are the key encoder's own."""
-        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters(), strict=True):
-            pk.mul_(self.m).add_(pq.detach(), alpha=1 - self.m)
+        keys = list(self.encoder_k.parameters())
+        queries = [p.detach() for p in self.encoder_q.parameters()]
+        # the same two ops as a per-parameter loop, in a few fused kernels instead of 2 per tensor
+        torch._foreach_mul_(keys, self.m)
+        torch._foreach_add_(keys, queries, alpha=1 - self.m)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -163,10 +167,10 @@ class MoCo(nn.Module):
         if k == 0:
             return
         keys = dist.all_gather_cat(keys.detach().to(self.queue.dtype))[-k:]
-        ptr = int(self.queue_ptr)
-        idx = (ptr + torch.arange(len(keys), device=keys.device)) % k
+        # the pointer stays on the device: reading it on the host would sync every step
+        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % k
         self.queue[idx] = keys
-        self.queue_ptr.fill_((ptr + len(keys)) % k)
+        self.queue_ptr.add_(len(keys)).remainder_(k)
 
     @torch.no_grad()
     def keys(self, im_k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -174,7 +178,7 @@ class MoCo(nn.Module):
         if generator is None:
             return self.encoder_k(im_k)
         gathered = dist.all_gather_cat(im_k)
-        perm = torch.randperm(len(gathered), generator=generator).to(im_k.device)
+        perm = to_device(torch.randperm(len(gathered), generator=generator), im_k.device)
         perm = dist.broadcast_(perm, src=0)
         inverse = torch.argsort(perm)
         n, rank = len(im_k), dist.get_rank()

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -220,6 +219,10 @@ def setup(cfg: TrainConfig, environ) -> Run:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     fmt = torch.channels_last if device.type == "cuda" else torch.preserve_format
     model = model.to(device, memory_format=fmt)
+    if cfg.compile:
+        # in place: the state_dict keys (and so the checkpoint) stay those of the plain modules
+        model.encoder_q.compile()
+        model.encoder_k.compile()
     loss_fn = build_loss(cfg).to(device)
     optimizer = torch.optim.SGD(
         [*model.encoder_q.parameters(), *loss_fn.parameters()],
@@ -233,11 +236,7 @@ def setup(cfg: TrainConfig, environ) -> Run:
         if env.is_main:
             epoch = model.steps // data.steps_per_epoch
             print(f"resumed from {path} at step {model.steps} (epoch {epoch})", file=sys.stderr)
-    # forward_sync_buffers=False: the queue is identical on every rank by construction, and
-    # broadcasting a 65,536 x 2,048 queue every step would cost more than the step.
-    runner = (
-        DistributedDataParallel(model, forward_sync_buffers=False) if env.is_distributed else model
-    )
+    runner = dist.wrap_ddp(model) if env.is_distributed else model
     total_steps = cfg.epochs * data.steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -267,30 +266,37 @@ def train_step(run: Run, im_q: torch.Tensor, im_k: torch.Tensor, step: int):
     return loss, per_dim, lr
 
 
-def sync_losses_and_stop(run: Run, per_dim: torch.Tensor, stop: StopFlag):
-    """Mean per-dim losses over ranks, and whether any rank got SIGTERM.
+def sync_losses_and_stop(run: Run, sums: torch.Tensor, steps: int, stop: StopFlag):
+    """Mean over ranks and steps of the summed losses, and whether any rank got SIGTERM.
 
-    One collective carries both, so every rank stops after the same step and nobody is left
-    waiting in a collective.
+    One collective carries both, at the same steps on every rank (every --log-every steps and
+    at the epoch's end), so every rank stops after the same step and nobody is left waiting
+    in a collective. It is the loop's only host sync.
     """
-    flag = torch.tensor([float(stop.signum is not None)], device=run.device)
-    stats = dist.all_reduce_mean(torch.cat([per_dim.detach(), flag]))
+    flag = torch.tensor([float(stop.signum is not None)], device=sums.device)
+    stats = dist.all_reduce_mean(torch.cat([sums / steps, flag]))
     return stats[:-1], bool(stats[-1] > 0)
 
 
-def log_step(run: Run, bar: tqdm, stats: EpochStats, loss, per_dim, lr: float, step: int) -> None:
+def log_losses(run: Run, bar: tqdm, stats: EpochStats, means: torch.Tensor, lr, step) -> None:
+    """TensorBoard and the progress bar: the weighted loss, then each dim, averaged over the
+    steps since the last log."""
     if not run.env.is_main:
         return
-    bar.set_postfix(loss=f"{per_dim.mean().item():.3f}", img_s=f"{stats.images_per_s():.0f}")
-    bar.update()
-    run.writer.add_scalar("train/loss", loss.item(), step)
+    values = means.tolist()
+    bar.set_postfix(loss=f"{values[0]:.3f}", img_s=f"{stats.images_per_s():.0f}")
+    run.writer.add_scalar("train/loss", values[0], step)
     run.writer.add_scalar("train/lr", lr, step)
-    for d, value in zip(run.cfg.nesting_list, per_dim.tolist(), strict=True):
+    for d, value in zip(run.cfg.nesting_list, values[1:], strict=True):
         run.writer.add_scalar(f"train/loss_dim_{d}", value, step)
 
 
 def run_epoch(run: Run, epoch: int, step: int, stop: StopFlag) -> tuple[EpochStats, int, bool]:
-    """Steps from `step` to the epoch's end (or max_steps, or a stop signal)."""
+    """Steps from `step` to the epoch's end (or max_steps, or a stop signal).
+
+    Losses are summed on the device and read back every --log-every steps: a per-step read
+    would make the host wait for the GPU at every step.
+    """
     cfg, spe = run.cfg, run.steps_per_epoch
     run.model.train()
     bar = tqdm(
@@ -302,17 +308,27 @@ def run_epoch(run: Run, epoch: int, step: int, stop: StopFlag) -> tuple[EpochSta
         file=sys.stderr,
     )
     stats = EpochStats(torch.zeros(len(cfg.nesting_list), device=run.device))
+    pending = torch.zeros(1 + len(cfg.nesting_list), device=run.device)  # loss, per dim
+    pending_steps = 0
     stopping = False
     t_ready = time.perf_counter()
     for im_q, im_k in run.data.epoch(epoch, step % spe):
         stats.waited += time.perf_counter() - t_ready
         loss, per_dim, lr = train_step(run, im_q, im_k, step)
         step += 1
-        per_dim, stopping = sync_losses_and_stop(run, per_dim, stop)
-        stats.loss_sums += per_dim
+        pending += torch.cat([loss.detach()[None], per_dim.detach()])
+        pending_steps += 1
         stats.steps += 1
         stats.images += len(im_q) * run.env.world_size
-        log_step(run, bar, stats, loss, per_dim, lr, step)
+        if step % cfg.log_every == 0 or step % spe == 0 or step >= run.total_steps:
+            means, stopping = sync_losses_and_stop(run, pending, pending_steps, stop)
+            stats.loss_sums += means[1:] * pending_steps
+            log_losses(run, bar, stats, means, lr, step)
+            pending.zero_()
+            pending_steps = 0
+        elif not run.env.is_distributed:
+            stopping = stop.signum is not None  # one process has nobody to agree with
+        bar.update()
         if stopping or step >= run.total_steps:
             break
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
