@@ -2,14 +2,17 @@
 
 Folder layout (one generation is current; manifest.json names its files):
   manifest.json        format, checkpoint fingerprint, width, count, generation, file names
-  vectors-<g>.npy      raw full-dim float32 embeddings [N, D], the only copy (memory-mapped)
+  vectors-<g>.npy      raw full-dim embeddings [N, D] (float32 or float16), the only copy
+                       (memory-mapped; server.vectors searches it at any dim)
+  ann-<g>.faiss        optional ANN index over the normalised shortlist-dim prefix
+                       (manifest "ann": factory, dim, train_size; trainer.ann)
   items-<g>.jsonl      one {"id", "label", "metadata"} per row
   wal-<g>.jsonl        mutations since generation g (server.wal), replayed on open; the
                        manifest counts the records it must hold (server.folder)
   thumbnails.*         item thumbnails by id, across generations (server.thumbnails)
-Per-dim FAISS indexes are not stored: exact flat indexes over normalised prefixes are
-rebuilt lazily from the vectors, so one copy of the data serves every nesting dim.
-Compaction writes generation g+1 and swaps manifest.json atomically (the commit point).
+  dims.json            optional: per-dim quality (the checkpoint's eval) and build-time latency
+Compaction writes generation g+1 (rebuilding the ANN over the live rows) and swaps
+manifest.json atomically (the commit point).
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from server.errors import Conflict, IndexFolderError, NotFound
 from server.folder import check_log, publish_manifest, refuse_orphans, remove_stale
 from server.thumbnails import Thumbnails
+from server.vectors import VectorOptions, Vectors
 from server.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
-from trainer.nesting import truncate_normalize_np
-from trainer.search import funnel_search, search_index
+from trainer.ann import AnnIndex, SearchKnobs, build_ann
 
 FORMAT = "moco-matryoshka-index/1"
 CHUNK = 65536
+STORE_DTYPES = ("float32", "float16")
 
 
 def write_generation(
@@ -45,11 +48,18 @@ def write_generation(
     items: Iterable[dict[str, Any]],
     info: dict[str, Any],
 ) -> None:
-    """Write one generation's files, fsync them, then publish it through manifest.json."""
+    """Write one generation's files, fsync them, then publish it through manifest.json.
+
+    `info["store_dtype"]` (default float32) is the vectors file's dtype; `info["ann"]`
+    ({"factory", "dim", "train_size"}), when set, builds that ANN over the written rows.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     vec_name, items_name = f"vectors-{generation}.npy", f"items-{generation}.jsonl"
+    dtype = info.get("store_dtype", "float32")
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
     out = np.lib.format.open_memmap(
-        directory / vec_name, mode="w+", dtype=np.float32, shape=(count, width)
+        directory / vec_name, mode="w+", dtype=dtype, shape=(count, width)
     )
     row = 0
     for chunk in vector_chunks:
@@ -68,8 +78,16 @@ def write_generation(
         os.fsync(f.fileno())
     with open(directory / f"wal-{generation}.jsonl", "wb") as f:
         os.fsync(f.fileno())
+    ann = info.get("ann")
+    if ann is not None:
+        ann = {**ann, "file": f"ann-{generation}.faiss"}
+        rows = np.load(directory / vec_name, mmap_mode="r")
+        index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
+        index.save(directory / ann["file"])
     manifest = {
         **info,
+        "store_dtype": dtype,
+        "ann": ann,
         "format": FORMAT,
         "width": width,
         "count": count,
@@ -99,49 +117,6 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-class Rows:
-    """Read-only [N, D] view over the memory-mapped base rows plus rows added since.
-
-    trainer.search.rerank gathers `bank[rows, :d]`; this serves that without ever
-    concatenating (and so copying) the memory-mapped file.
-    """
-
-    def __init__(self, base: np.ndarray, width: int):
-        self.base = base
-        self.width = width
-        self.extra = np.empty((0, width), dtype=np.float32)
-        self.n_extra = 0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self.base) + self.n_extra, self.width)
-
-    ndim = 2
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def append(self, x: np.ndarray) -> None:
-        need = self.n_extra + len(x)
-        if need > len(self.extra):
-            grown = np.empty((max(need, 2 * len(self.extra), 1024), self.width), np.float32)
-            grown[: self.n_extra] = self.extra[: self.n_extra]
-            self.extra = grown
-        self.extra[self.n_extra : need] = x
-        self.n_extra = need
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        n0 = len(self.base)
-        width = len(range(*cols.indices(self.width)))
-        out = np.empty((len(rows), width), dtype=np.float32)
-        in_base = rows < n0
-        out[in_base] = self.base[rows[in_base], cols]
-        out[~in_base] = self.extra[rows[~in_base] - n0, cols]
-        return out
-
-
 class IndexStore:
     """Items (id, label, metadata, full-dim vector), exact search at any dim, durable edits.
 
@@ -149,14 +124,20 @@ class IndexStore:
     mutated, and edits are rare next to searches.
     """
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], writable: bool):
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        writable: bool,
+        options: VectorOptions | None = None,
+    ):
         self.directory = directory
         self.manifest = manifest
         self.width = int(manifest["width"])
         self.writable = writable
+        self.options = options or VectorOptions()
         self.lock = threading.RLock()
         self.ops_since_compaction = 0
-        self._indexes: dict[int, faiss.Index] = {}
         self._load_generation(manifest)
         records, valid = read_records(directory / manifest["wal"])
         check_log(directory / manifest["wal"], len(records), manifest)
@@ -175,6 +156,7 @@ class IndexStore:
         *,
         writable: bool,
         create: dict[str, Any] | None = None,
+        options: VectorOptions | None = None,
     ) -> IndexStore:
         """Open (or, writable and given `create` info, start empty) and check the checkpoint.
 
@@ -188,7 +170,7 @@ class IndexStore:
                 write_generation(directory, 0, width, 0, [], [], info)
         for attempt in range(3):
             try:
-                store = cls._open_checked(directory, fingerprint, width, writable)
+                store = cls._open_checked(directory, fingerprint, width, writable, options)
                 break
             except IndexFolderError:
                 if attempt == 2 or writable:
@@ -200,7 +182,12 @@ class IndexStore:
 
     @classmethod
     def _open_checked(
-        cls, directory: Path, fingerprint: str, width: int, writable: bool
+        cls,
+        directory: Path,
+        fingerprint: str,
+        width: int,
+        writable: bool,
+        options: VectorOptions | None = None,
     ) -> IndexStore:
         manifest = read_manifest(directory)
         if manifest.get("fingerprint") != fingerprint:
@@ -215,22 +202,33 @@ class IndexStore:
                 f"checkpoint embeds at {width}"
             )
         try:
-            return cls(directory, manifest, writable)
+            return cls(directory, manifest, writable, options)
         except (OSError, ValueError, KeyError) as e:
             raise IndexFolderError(f"index {directory} cannot be read ({e})") from None
 
     def _load_generation(self, manifest: dict[str, Any]) -> None:
         base = np.load(self.directory / manifest["vectors"], mmap_mode="r")
-        if base.ndim != 2 or base.shape[1] != self.width or base.dtype != np.float32:
+        if base.ndim != 2 or base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
             raise ValueError(f"vectors file has shape {base.shape} and dtype {base.dtype}")
         with open(self.directory / manifest["items"]) as f:
             items = [json.loads(line) for line in f]
         if len(items) != len(base):
             raise ValueError(f"{len(items)} items for {len(base)} vectors")
-        self.rows = Rows(base, self.width)
+        ann = None
+        spec = manifest.get("ann")
+        if spec is not None:
+            ann = AnnIndex.load(self.directory / spec["file"], int(spec["dim"]), spec["factory"])
+            if self.options.gpu:
+                ann.to_gpu()
+        self.vectors = Vectors(
+            base,
+            self.width,
+            ann,
+            flat_cache_bytes=self.options.flat_cache_bytes,
+            ann_min_rows=self.options.ann_min_rows,
+        )
         self.items: list[dict[str, Any] | None] = items
         self.row_of = {item["id"]: r for r, item in enumerate(items)}
-        self._indexes.clear()
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -277,22 +275,17 @@ class IndexStore:
             self._apply_delete(record["id"])
 
     def _apply_add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
-        start = len(self.rows)
-        self.rows.append(vectors)
-        ids = np.arange(start, start + len(items), dtype=np.int64)
+        ids = self.vectors.add(vectors)
         for r, item in zip(ids.tolist(), items, strict=True):
             self.items.append(item)
             self.row_of[item["id"]] = r
-        for dim, index in self._indexes.items():
-            index.add_with_ids(truncate_normalize_np(vectors, dim), ids)
 
     def _apply_delete(self, item_id: str) -> None:
         row = self.row_of.pop(item_id, None)
         if row is None:
             return
         self.items[row] = None
-        for index in self._indexes.values():
-            index.remove_ids(np.array([row], dtype=np.int64))
+        self.vectors.delete(row)
 
     def compact(self) -> None:
         """Fold the log into a new generation (live rows only) and start an empty log."""
@@ -303,7 +296,8 @@ class IndexStore:
             old = self.manifest
             gen = int(old["generation"]) + 1
             info = {k: v for k, v in old.items() if k not in ("vectors", "items", "wal")}
-            chunks = (self.rows[live[i : i + CHUNK]] for i in range(0, len(live), CHUNK))
+            rows = self.vectors.rows
+            chunks = (rows[live[i : i + CHUNK]] for i in range(0, len(live), CHUNK))
             write_generation(
                 self.directory,
                 gen,
@@ -313,16 +307,17 @@ class IndexStore:
                 (self.items[r] for r in live.tolist()),
                 info,
             )
-            dims = list(self._indexes)
+            dims = list(self.vectors._flat)
             self._wal.close()
             self.manifest = read_manifest(self.directory)
             self._load_generation(self.manifest)
             self._wal = WriteAheadLog(self.directory / self.manifest["wal"], 0)
             self.ops_since_compaction = 0
-            for name in (old["vectors"], old["items"], old["wal"]):
+            old_ann = [old["ann"]["file"]] if old.get("ann") else []
+            for name in (old["vectors"], old["items"], old["wal"], *old_ann):
                 (self.directory / name).unlink(missing_ok=True)
             for dim in dims:
-                self._index(dim)
+                self.vectors.warm(dim)
 
     def close(self) -> None:
         if self._wal is not None:
@@ -331,41 +326,37 @@ class IndexStore:
 
     # search ----------------------------------------------------------------------------
 
-    def _index(self, dim: int) -> faiss.Index:
-        """Exact inner-product index over the live rows' normalised `dim`-prefixes."""
-        index = self._indexes.get(dim)
-        if index is None:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-            live = np.array(sorted(self.row_of.values()), dtype=np.int64)
-            for i in range(0, len(live), CHUNK):
-                rows = live[i : i + CHUNK]
-                index.add_with_ids(truncate_normalize_np(self.rows[rows, :dim], dim), rows)
-            self._indexes[dim] = index
-        return index
+    def warm(self, dims: Iterable[int]) -> None:
+        with self.lock:
+            for dim in dims:
+                self.vectors.warm(dim)
 
     def search(
-        self, queries: np.ndarray, k: int, dim: int, rerank_dim: int | None, shortlist: int
+        self,
+        queries: np.ndarray,
+        k: int,
+        dim: int,
+        rerank_dim: int | None,
+        shortlist: int,
+        knobs: SearchKnobs | None = None,
+        use_ann: bool | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and row ids [n, min(k, size)]; adaptive when rerank_dim is given."""
+        """Scores and row ids [n, min(k, size)]; adaptive when rerank_dim is given.
+
+        An ANN shortlist may find fewer than k live rows: those places hold row id -1.
+        """
         with self.lock:
-            size = len(self)
-            k = min(k, size)
+            k = min(k, len(self))
             if k == 0:
                 empty = np.empty((len(queries), 0))
                 return empty.astype(np.float32), empty.astype(np.int64)
-            index = self._index(dim)
-            if rerank_dim is None or rerank_dim == dim:
-                return search_index(index, queries[:, :dim], k)
-            shortlist = min(max(shortlist, k), size)
-            return funnel_search(
-                self.rows,
-                queries,
-                k,
-                dim,
-                rerank_dim,
-                shortlist,
-                index=index,  # type: ignore[arg-type]
+            return self.vectors.search(
+                queries, k, dim, rerank_dim, shortlist, knobs=knobs, use_ann=use_ann
             )
+
+    @property
+    def ann(self) -> AnnIndex | None:
+        return self.vectors.ann
 
     def item(self, row: int) -> dict[str, Any]:
         item = self.items[row]
@@ -375,4 +366,4 @@ class IndexStore:
     def vector(self, item_id: str) -> np.ndarray | None:
         with self.lock:
             row = self.row_of.get(item_id)
-            return None if row is None else self.rows[[row]][0]
+            return None if row is None else self.vectors.rows[[row]][0]

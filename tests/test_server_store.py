@@ -133,8 +133,8 @@ def test_rows_view_gathers_base_and_added_rows(tmp_path):
     store.add(items(list("abc")), x[:3])
     store.compact()
     store.add(items(list("def")), x[3:])
-    np.testing.assert_array_equal(store.rows[np.array([5, 0, 3, 2]), :8], x[[5, 0, 3, 2], :8])
-    assert store.rows.shape == (6, 32)
+    np.testing.assert_array_equal(store.vectors.rows[np.array([5, 0, 3, 2]), :8], x[[5, 0, 3, 2], :8])
+    assert store.vectors.rows.shape == (6, 32)
 
 
 def test_index_cli_errors(tmp_path):

@@ -148,6 +148,7 @@ def rerank(
     """Exact cosine at `rerank_dim` over each query's candidate rows; keep the best k.
 
     Gathers only the candidate rows, in query chunks sized to a fixed element budget.
+    Candidates of -1 (an ANN that found fewer) come back last with score -inf and id -1.
     """
     _check_dim(bank, rerank_dim, "bank")
     _check_dim(queries, rerank_dim, "queries")
@@ -158,10 +159,14 @@ def rerank(
     step = max(1, RERANK_BUDGET // max(1, width * rerank_dim))
     for start in range(0, n, step):
         cand = candidates[start : start + step]
+        missing = cand < 0
         q = truncate_normalize_np(queries[start : start + step], rerank_dim)
-        rows = truncate_normalize_np(bank[cand.reshape(-1), :rerank_dim], rerank_dim)
+        gather = np.where(missing, 0, cand).reshape(-1)
+        rows = truncate_normalize_np(bank[gather, :rerank_dim], rerank_dim)
         scores = np.einsum("qd,qsd->qs", q, rows.reshape(*cand.shape, rerank_dim))
-        s, i = _order(scores.astype(np.float32), cand)
+        scores = np.where(missing, -np.inf, scores).astype(np.float32)
+        s, i = _order(scores, np.where(missing, np.iinfo(np.int64).max, cand))
+        i = np.where(np.isfinite(s), i, -1)
         out_scores[start : start + len(cand)], out_ids[start : start + len(cand)] = (
             s[:, :k],
             i[:, :k],
@@ -203,3 +208,56 @@ def funnel_search(
         raise ValueError(f"the index was built at dim {index.d}, not {dim}")
     _, candidates = search_index(index, queries[:, :dim], shortlist, chunk_size=chunk_size)
     return rerank(bank, queries, candidates, k, rerank_dim)
+
+
+def _keep_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k per row by (score desc, id asc), ties at the k-th place included exactly."""
+    if scores.shape[1] <= k:
+        return _order(scores, ids)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    out_s, out_i = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
+    kth = out_s.min(axis=1)
+    for r in np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k):
+        cand = np.flatnonzero(scores[r] >= kth[r])
+        s, i = _order(scores[r, cand][None], ids[r, cand][None])
+        out_s[r], out_i[r] = s[0, :k], i[0, :k]
+    return _order(out_s, out_i)
+
+
+def scan_top_k(
+    bank: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    dim: int,
+    *,
+    exclude: np.ndarray | None = None,
+    budget: int = RERANK_BUDGET // 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k at `dim` by scanning `bank` (e.g. a memory map) chunk by chunk.
+
+    No index and no copy of the bank: memory is one chunk of `budget` elements. Rows whose
+    `exclude` flag is set (deleted items) never come back; fewer than k live rows pad with
+    score -inf and id -1. Same order as search_index: (score desc, id asc).
+    """
+    _check_dim(bank, dim, "bank")
+    q = truncate_normalize_np(queries, dim)
+    best_s = np.empty((len(q), 0), np.float32)
+    best_i = np.empty((len(q), 0), np.int64)
+    step = max(1, budget // dim)
+    for start in range(0, len(bank), step):
+        x = truncate_normalize_np(np.asarray(bank[start : start + step, :dim]), dim)
+        s = q @ x.T
+        ids = np.arange(start, start + len(x), dtype=np.int64)
+        if exclude is not None:
+            s[:, exclude[start : start + len(x)]] = -np.inf
+        best_s, best_i = _keep_top(
+            np.concatenate([best_s, s], 1),
+            np.concatenate([best_i, np.broadcast_to(ids, s.shape)], 1),
+            k,
+        )
+    best_i = np.where(np.isfinite(best_s), best_i, -1)
+    if best_s.shape[1] < k:
+        pad = k - best_s.shape[1]
+        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_i = np.pad(best_i, ((0, 0), (0, pad)), constant_values=-1)
+    return best_s.astype(np.float32), best_i

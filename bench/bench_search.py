@@ -1,0 +1,403 @@
+"""Search at scale: ANN shortlist at a small Matryoshka dim + exact rerank vs exact full-dim.
+
+    python bench/bench_search.py --data synthetic --n 1000000 --width 2048 --out docs/results/search-synthetic.json
+    python bench/bench_search.py --data real --checkpoint runs/default/checkpoint.pt --n 1000000 --out docs/results/search-real.json
+    python bench/bench_search.py --plot docs/results/search-synthetic.json docs/results/search-real.json
+
+For each index type (FAISS factory string), shortlist dim, shortlist size and nprobe /
+ef_search: ms/query at batch 1 and batch 64, recall@10 against exact full-dim search, build
+time. Exact full-dim flat (IndexFlatIP, float32, in RAM) is the baseline; at N x D too large
+to hold here it is timed on a slice and scaled linearly (a flat scan is linear in N; the
+JSON records the slice). The chosen config is then served from an index folder by
+server.store in a fresh process whose resident memory is reported (VmRSS, anon and file).
+Vectors live in a memory-mapped store (float16 by default), generated or embedded chunk by
+chunk into `--work-dir`, so no stage holds N x D floats in RAM. Stages are cached there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from trainer.ann import SearchKnobs, build_ann
+from trainer.nesting import truncate_normalize_np
+from trainer.search import rerank
+
+K = 10
+SCAN_ROWS = 1 << 22  # elements per chunk of an exact scan: bounded memory
+
+
+# data -------------------------------------------------------------------------------------
+
+
+def synthetic_rows(rng, centres, n, alpha, noise):
+    """Matryoshka-like rows: cluster centre + noise, coordinate j scaled by (1 + j)^-alpha.
+
+    The decaying scale puts most of the energy (and of the neighbour structure) in the
+    leading coordinates, as Matryoshka training does; the tail still reorders neighbours.
+    """
+    width = centres.shape[1]
+    scale = (1.0 + np.arange(width, dtype=np.float32)) ** -alpha
+    labels = rng.integers(0, len(centres), n)
+    x = centres[labels] + noise * rng.standard_normal((n, width), dtype=np.float32)
+    return x * scale, labels
+
+
+def make_synthetic(work: Path, n: int, width: int, n_queries: int, dtype: str, seed: int):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 50), width), dtype=np.float32)
+    store = np.lib.format.open_memmap(work / "store.npy", "w+", dtype=dtype, shape=(n, width))
+    chunk = 16384
+    for start in tqdm(range(0, n, chunk), desc="synthetic rows", unit_scale=chunk):
+        x, _ = synthetic_rows(rng, centres, min(chunk, n - start), 0.75, 0.8)
+        store[start : start + len(x)] = x
+    store.flush()
+    queries, _ = synthetic_rows(rng, centres, n_queries, 0.75, 0.8)
+    np.save(work / "queries.npy", queries.astype(np.float32))
+    np.save(work / "labels.npy", np.zeros(n, np.int16))
+
+
+def make_real(work: Path, checkpoint: Path, n: int, n_queries: int, dtype: str, seed: int):
+    """Embed n generated `shapes` images (and held-out queries) with the checkpoint."""
+    import torch
+
+    from trainer import shapes
+    from trainer.checkpoint import load_checkpoint
+    from trainer.model import load_encoder
+    from trainer.preprocess import EvalPreprocess
+
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    encoder = load_encoder(state, "cpu")
+    pre = EvalPreprocess.from_config(config)
+    size = int(config["image_size"])
+    width = int(config["nesting_list"][-1])
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        batch = torch.stack([pre(img) for img in images])
+        with torch.inference_mode():
+            return encoder(batch).float().numpy()
+
+    store = np.lib.format.open_memmap(work / "store.npy", "w+", dtype=dtype, shape=(n, width))
+    labels = np.lib.format.open_memmap(work / "labels.npy", "w+", dtype=np.int16, shape=(n,))
+    chunk = 4096
+    for i, start in enumerate(tqdm(range(0, n, chunk), desc="embed shapes", unit_scale=chunk)):
+        images, y = shapes.generate(min(chunk, n - start), size, seed=1_000_000 + seed + i)
+        store[start : start + len(y)] = embed(images)
+        labels[start : start + len(y)] = y
+    store.flush()
+    labels.flush()
+    images, _ = shapes.generate(n_queries, size, seed=999_999)
+    np.save(work / "queries.npy", embed(images))
+
+
+def exact_top_k(store: np.ndarray, queries: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """Exact top-k row ids at `dim` by a chunked scan of the store (the ground truth)."""
+    q = truncate_normalize_np(queries, dim)
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.zeros((len(q), k), np.int64)
+    step = max(1, SCAN_ROWS // dim)
+    for start in tqdm(range(0, len(store), step), desc=f"exact top-{k} at {dim}"):
+        x = truncate_normalize_np(store[start : start + step, :dim], dim)
+        s = np.concatenate([best_s, q @ x.T], axis=1)
+        ids = np.concatenate(
+            [best_i, np.broadcast_to(np.arange(start, start + len(x)), (len(q), len(x)))], 1
+        )
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(ids, top, 1)
+    order = np.argsort(-best_s, axis=1)
+    return np.take_along_axis(best_i, order, 1)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
+
+
+# timing -----------------------------------------------------------------------------------
+
+
+def per_query_ms(fn, queries: np.ndarray, batch: int, budget_s: float = 4.0) -> float:
+    """Mean ms per query over batches of `batch` (at least one batch, about budget_s)."""
+    fn(queries[:batch])
+    done, start = 0, time.perf_counter()
+    while True:
+        for b in range(0, len(queries) - batch + 1, batch):
+            fn(queries[b : b + batch])
+            done += batch
+            if time.perf_counter() - start > budget_s:
+                return 1000 * (time.perf_counter() - start) / done
+        if done >= len(queries):
+            return 1000 * (time.perf_counter() - start) / done
+
+
+def exact_baseline(store: np.ndarray, queries: np.ndarray, slice_rows: int) -> dict:
+    """ms/query of exact full-dim IndexFlatIP (float32 in RAM), scaled from a slice if needed."""
+    n, width = store.shape
+    rows = min(n, slice_rows)
+    index = faiss.IndexFlatIP(width)
+    for start in range(0, rows, 65536):
+        index.add(truncate_normalize_np(store[start : min(rows, start + 65536)], width))
+    q = truncate_normalize_np(queries, width)
+    out = {"measured_rows": rows, "scale": n / rows}
+    for batch, budget in ((1, 6.0), (64, 6.0)):
+        ms = per_query_ms(lambda x: index.search(x, K), q, batch, budget)
+        out[f"ms_b{batch}"] = ms * n / rows
+    del index
+    return out
+
+
+# the grid ---------------------------------------------------------------------------------
+
+
+def grid_for(data: str, width: int) -> list[dict]:
+    """Index types x shortlist dims x knobs; shortlist sizes are swept per entry."""
+    ivf = "IVF4096"
+    dims = [32, 64] if width >= 512 else [16, 32]
+    out = []
+    for dim in dims:
+        out.append({"factory": "Flat", "dim": dim, "knobs": [{}]})
+        out.append(
+            {"factory": "HNSW32", "dim": dim, "knobs": [{"ef_search": e} for e in (64, 128, 256)]}
+        )
+    d0 = dims[0]
+    out += [
+        {"factory": f"{ivf},Flat", "dim": d0, "knobs": [{"nprobe": p} for p in (16, 32, 64)]},
+        {
+            "factory": f"{ivf},PQ{d0 // 2}x4fs",
+            "dim": d0,
+            "knobs": [{"nprobe": p} for p in (16, 32, 64)],
+        },
+        {"factory": "SQ8", "dim": d0, "knobs": [{}]},
+        {"factory": "BFlat", "dim": min(width, 256), "knobs": [{}]},
+    ]
+    return out
+
+
+def run_grid(store, queries, truth, grid, shortlists, base_ms, train_size) -> list[dict]:
+    rows = []
+    for entry in grid:
+        t0 = time.perf_counter()
+        ann = build_ann(entry["factory"], entry["dim"], store, train_size=train_size)
+        build_s = time.perf_counter() - t0
+        print(f"built {entry['factory']} at {entry['dim']}: {build_s:.1f} s", flush=True)
+        for knobs in entry["knobs"]:
+            for shortlist in shortlists:
+                kn = SearchKnobs(**knobs)
+                if kn.ef_search is not None and kn.ef_search < shortlist // 4:
+                    continue
+
+                def run(q, ann=ann, kn=kn, shortlist=shortlist):
+                    _, cand = ann.search(q, shortlist, kn)
+                    return rerank(store, q, cand, K, store.shape[1])[1]
+
+                found = np.concatenate(
+                    [run(queries[i : i + 64]) for i in range(0, len(queries), 64)]
+                )
+                row = {
+                    "factory": entry["factory"],
+                    "dim": entry["dim"],
+                    **knobs,
+                    "shortlist": shortlist,
+                    "recall_at_10": recall(found, truth),
+                    "ms_b1": per_query_ms(run, queries, 1, 3.0),
+                    "ms_b64": per_query_ms(run, queries, 64, 3.0),
+                    "build_s": build_s,
+                    "index_bytes": index_bytes(ann),
+                }
+                row["speedup_b1"] = base_ms["ms_b1"] / row["ms_b1"]
+                row["speedup_b64"] = base_ms["ms_b64"] / row["ms_b64"]
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        del ann
+    return rows
+
+
+def index_bytes(ann) -> int:
+    writer = faiss.VectorIOWriter()
+    if ann.binary:
+        faiss.write_index_binary(ann.index, writer)
+    else:
+        faiss.write_index(ann.index, writer)
+    return int(writer.data.size())
+
+
+def best(rows: list[dict], min_recall: float = 0.99) -> dict | None:
+    ok = [r for r in rows if r["recall_at_10"] >= min_recall]
+    return max(ok, key=lambda r: r["speedup_b1"]) if ok else None
+
+
+# serving memory ---------------------------------------------------------------------------
+
+
+def serving_rss(folder: Path, queries_path: Path, row: dict, width: int) -> dict:
+    """Open the index folder as the server does, in a fresh process; search; report memory."""
+    code = f"""
+import json, time, numpy as np
+from server.store import IndexStore, read_manifest
+from trainer.ann import SearchKnobs
+m = read_manifest({str(folder)!r})
+store = IndexStore.open({str(folder)!r}, m['fingerprint'], {width}, writable=False)
+q = np.load({str(queries_path)!r})
+kn = SearchKnobs(nprobe={row.get("nprobe")!r}, ef_search={row.get("ef_search")!r})
+t = time.perf_counter()
+for i in range(len(q)):
+    store.search(q[i:i+1], 10, {row["dim"]}, {width}, {row["shortlist"]}, kn)
+ms = 1000 * (time.perf_counter() - t) / len(q)
+status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
+kb = lambda k: int(status[k].split()[0]) * 1024
+print(json.dumps({{'ms_per_query': ms, 'vm_rss': kb('VmRSS'), 'rss_anon': kb('RssAnon'),
+                  'rss_file': kb('RssFile'), 'vm_hwm': kb('VmHWM'), 'queries': len(q)}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# plot -------------------------------------------------------------------------------------
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    front, top = [], -1.0
+    for r in sorted(rows, key=lambda r: -r["speedup_b1"]):
+        if r["recall_at_10"] > top:
+            front.append(r)
+            top = r["recall_at_10"]
+    return front
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        kinds = sorted({r["factory"] for r in res["rows"]})
+        for kind in kinds:
+            rs = [r for r in res["rows"] if r["factory"] == kind]
+            ax.scatter(
+                [r["speedup_b1"] for r in rs], [r["recall_at_10"] for r in rs], s=14, label=kind
+            )
+        front = pareto(res["rows"])
+        ax.plot(
+            [r["speedup_b1"] for r in front],
+            [r["recall_at_10"] for r in front],
+            "k--",
+            lw=1,
+            label="Pareto front",
+        )
+        ax.axhline(0.99, color="grey", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("speed-up per single query vs exact full-dim flat (log)")
+        ax.set_ylabel("recall@10 vs exact full-dim")
+        ax.set_ylim(max(0.5, min(r["recall_at_10"] for r in res["rows"]) - 0.02), 1.005)
+        ax.set_title(f"{res['data']}: {res['n']:,} x {res['width']}")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(res: dict) -> str:
+    lines = [
+        f"{res['data']} {res['n']:,} x {res['width']}; exact full-dim flat "
+        f"{res['baseline']['ms_b1']:.1f} ms/query (batch 1), {res['baseline']['ms_b64']:.2f} (batch 64)",
+        "",
+        "| index | dim | nprobe/ef | shortlist | recall@10 | ms b1 | ms b64 | speed-up b1 | build s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        knob = r.get("nprobe") or r.get("ef_search") or "-"
+        lines.append(
+            f"| {r['factory']} | {r['dim']} | {knob} | {r['shortlist']} | {r['recall_at_10']:.3f} "
+            f"| {r['ms_b1']:.2f} | {r['ms_b64']:.3f} | {r['speedup_b1']:.0f}x | {r['build_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+# main -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", choices=["synthetic", "real"])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--width", type=int, default=2048, help="synthetic only")
+    p.add_argument("--checkpoint", type=Path, default=Path("runs/default/checkpoint.pt"))
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--store-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-search"))
+    p.add_argument("--baseline-rows", type=int, default=131072, help="rows timed for exact flat")
+    p.add_argument("--shortlists", default="100,200,400,1000")
+    p.add_argument("--train-size", type=int, default=200_000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--plot", nargs="+", type=Path, help="JSON results to plot (no run)")
+    p.add_argument("--plot-out", type=Path, default=Path("docs/results/search-pareto.png"))
+    a = p.parse_args()
+    if a.plot:
+        results = [json.loads(f.read_text()) for f in a.plot]
+        plot(results, a.plot_out)
+        for res in results:
+            print(table(res) + "\n")
+        print(f"wrote {a.plot_out}")
+        return
+    faiss.omp_set_num_threads(a.threads)
+    work = a.work_dir / f"{a.data}-{a.n}"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if not (work / "queries.npy").exists():
+        if a.data == "synthetic":
+            make_synthetic(work, a.n, a.width, a.queries, a.store_dtype, seed=0)
+        else:
+            make_real(work, a.checkpoint, a.n, a.queries, a.store_dtype, seed=0)
+    data_s = time.perf_counter() - t0
+    store = np.load(work / "store.npy", mmap_mode="r")
+    queries = np.load(work / "queries.npy")
+    n, width = store.shape
+    if not (work / "truth.npy").exists():
+        np.save(work / "truth.npy", exact_top_k(store, queries, K, width))
+    truth = np.load(work / "truth.npy")
+    base = exact_baseline(store, queries, a.baseline_rows)
+    print(f"exact full-dim flat: {base}", flush=True)
+    shortlists = [int(s) for s in a.shortlists.split(",")]
+    rows = run_grid(store, queries, truth, grid_for(a.data, width), shortlists, base, a.train_size)
+    res = {
+        "data": a.data,
+        "n": n,
+        "width": width,
+        "store_dtype": str(store.dtype),
+        "queries": len(queries),
+        "k": K,
+        "threads": a.threads,
+        "loadavg_start": os.getloadavg(),
+        "data_s": data_s,
+        "baseline": base,
+        "flat_f32_full_dim_bytes": n * width * 4,
+        "rows": rows,
+        "best": best(rows),
+    }
+    res["loadavg_end"] = os.getloadavg()
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=1))
+    print(table(res))
+    print("best at recall@10 >= 0.99:", json.dumps(res["best"]))
+
+
+if __name__ == "__main__":
+    main()
