@@ -1,8 +1,9 @@
 """Search at scale: ANN shortlist at a small Matryoshka dim + exact rerank vs exact full-dim.
 
-    python bench/bench_search.py --data synthetic --n 1000000 --width 2048 --out docs/results/search-synthetic.json
-    python bench/bench_search.py --data real --checkpoint runs/default/checkpoint.pt --n 1000000 --out docs/results/search-real.json
-    python bench/bench_search.py --plot docs/results/search-synthetic.json docs/results/search-real.json
+    python bench/bench_search.py --data synthetic --n 1000000 --width 2048 \
+        --out docs/results/search-synthetic.json --serve "IVF1024,Flat@64"
+    python bench/bench_search.py --data real --n 1000000 --out docs/results/search-real.json
+    python bench/bench_search.py --plot docs/results/search-*.json
 
 For each index type (FAISS factory string), shortlist dim, shortlist size and nprobe /
 ef_search: ms/query at batch 1 and batch 64, recall@10 against exact full-dim search, build
@@ -75,12 +76,10 @@ def make_real(work: Path, checkpoint: Path, n: int, n_queries: int, dtype: str, 
     from trainer.model import load_encoder
     from trainer.preprocess import EvalPreprocess
 
-    state = load_checkpoint(checkpoint)
-    config = state["config"]
-    encoder = load_encoder(state, "cpu")
-    pre = EvalPreprocess.from_config(config)
-    size = int(config["image_size"])
-    width = int(config["nesting_list"][-1])
+    ckpt = load_checkpoint(checkpoint)
+    encoder = load_encoder(ckpt, torch.device("cpu"))
+    pre = EvalPreprocess.of(ckpt.model)
+    size, width = ckpt.model.image_size, ckpt.model.full_dim
 
     def embed(images: np.ndarray) -> np.ndarray:
         batch = torch.stack([pre(img) for img in images])
@@ -153,43 +152,39 @@ def exact_baseline(store: np.ndarray, queries: np.ndarray, slice_rows: int) -> d
     for batch, budget in ((1, 6.0), (64, 6.0)):
         ms = per_query_ms(lambda x: index.search(x, K), q, batch, budget)
         out[f"ms_b{batch}"] = ms * n / rows
-    del index
+    index.reset()  # free the slice before the grid
     return out
 
 
 # the grid ---------------------------------------------------------------------------------
 
 
-def grid_for(data: str, width: int) -> list[dict]:
-    """Index types x shortlist dims x knobs; shortlist sizes are swept per entry."""
-    ivf = "IVF4096"
-    dims = [32, 64] if width >= 512 else [16, 32]
+def parse_grid(spec: str) -> list[dict]:
+    """'HNSW32@32;IVF1024,Flat@32;BFlat@256': factory@dim entries; knobs swept per kind."""
     out = []
-    for dim in dims:
-        out.append({"factory": "Flat", "dim": dim, "knobs": [{}]})
-        out.append(
-            {"factory": "HNSW32", "dim": dim, "knobs": [{"ef_search": e} for e in (64, 128, 256)]}
-        )
-    d0 = dims[0]
-    out += [
-        {"factory": f"{ivf},Flat", "dim": d0, "knobs": [{"nprobe": p} for p in (16, 32, 64)]},
-        {
-            "factory": f"{ivf},PQ{d0 // 2}x4fs",
-            "dim": d0,
-            "knobs": [{"nprobe": p} for p in (16, 32, 64)],
-        },
-        {"factory": "SQ8", "dim": d0, "knobs": [{}]},
-        {"factory": "BFlat", "dim": min(width, 256), "knobs": [{}]},
-    ]
+    for entry in filter(None, spec.split(";")):
+        factory, _, dim = entry.rpartition("@")
+        if "HNSW" in factory:
+            knobs = [{"ef_search": e} for e in (64, 128, 256)]
+        elif "IVF" in factory:
+            knobs = [{"nprobe": p} for p in (8, 16, 32, 64)]
+        else:
+            knobs = [{}]
+        out.append({"factory": factory, "dim": int(dim), "knobs": knobs})
     return out
 
 
-def run_grid(store, queries, truth, grid, shortlists, base_ms, train_size) -> list[dict]:
+def ann_file(work: Path, factory: str, dim: int) -> Path:
+    return work / f"ann-{factory.replace(',', '_')}@{dim}.faiss"
+
+
+def run_grid(store, queries, truth, grid, shortlists, base_ms, train_size, work) -> list[dict]:
     rows = []
     for entry in grid:
         t0 = time.perf_counter()
         ann = build_ann(entry["factory"], entry["dim"], store, train_size=train_size)
         build_s = time.perf_counter() - t0
+        ann.save(ann_file(work, entry["factory"], entry["dim"]))
         print(f"built {entry['factory']} at {entry['dim']}: {build_s:.1f} s", flush=True)
         for knobs in entry["knobs"]:
             for shortlist in shortlists:
@@ -240,13 +235,50 @@ def best(rows: list[dict], min_recall: float = 0.99) -> dict | None:
 # serving memory ---------------------------------------------------------------------------
 
 
+def serve_folder(work: Path, factory: str, dim: int, info: dict, n_train: int) -> Path:
+    """An index folder over the bench's store, as server.store reads it: the store file and
+    the grid's saved ANN are hard-linked in (no copy), items and manifest written."""
+    from server.store import FORMAT
+    from trainer.atomic import atomic_write
+
+    store = np.load(work / "store.npy", mmap_mode="r")
+    labels = np.load(work / "labels.npy", mmap_mode="r")
+    folder = work / "index"
+    folder.mkdir(exist_ok=True)
+    for name, src in (
+        ("vectors-0.npy", work / "store.npy"),
+        ("ann-0.faiss", ann_file(work, factory, dim)),
+    ):
+        (folder / name).unlink(missing_ok=True)
+        os.link(src, folder / name)
+    with open(folder / "items-0.jsonl", "w") as f:
+        for i in range(len(store)):
+            f.write(f'{{"id":"s-{i}","label":{int(labels[i])},"metadata":null}}\n')
+    manifest = {
+        **info,
+        "store_dtype": str(store.dtype),
+        "ann": {"factory": factory, "dim": dim, "train_size": n_train, "file": "ann-0.faiss"},
+        "format": FORMAT,
+        "width": int(store.shape[1]),
+        "count": len(store),
+        "generation": 0,
+        "vectors": "vectors-0.npy",
+        "items": "items-0.jsonl",
+        "wal": "wal-0.jsonl",
+    }
+    text = json.dumps(manifest, indent=1).encode()
+    atomic_write(folder / "manifest.json", lambda f: f.write(text))
+    return folder
+
+
 def serving_rss(folder: Path, queries_path: Path, row: dict, width: int) -> dict:
     """Open the index folder as the server does, in a fresh process; search; report memory."""
     code = f"""
 import json, time, numpy as np
 from server.store import IndexStore, read_manifest
 from trainer.ann import SearchKnobs
-m = read_manifest({str(folder)!r})
+from pathlib import Path
+m = read_manifest(Path({str(folder)!r}))
 store = IndexStore.open({str(folder)!r}, m['fingerprint'], {width}, writable=False)
 q = np.load({str(queries_path)!r})
 kn = SearchKnobs(nprobe={row.get("nprobe")!r}, ef_search={row.get("ef_search")!r})
@@ -311,18 +343,21 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def table(res: dict) -> str:
+    b = res["baseline"]
     lines = [
         f"{res['data']} {res['n']:,} x {res['width']}; exact full-dim flat "
-        f"{res['baseline']['ms_b1']:.1f} ms/query (batch 1), {res['baseline']['ms_b64']:.2f} (batch 64)",
+        f"{b['ms_b1']:.1f} ms/query (batch 1), {b['ms_b64']:.2f} (batch 64)",
         "",
-        "| index | dim | nprobe/ef | shortlist | recall@10 | ms b1 | ms b64 | speed-up b1 | build s |",
+        "| index | dim | nprobe/ef | shortlist | recall@10 | ms b1 | ms b64 | speed-up b1 "
+        "| build s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         knob = r.get("nprobe") or r.get("ef_search") or "-"
         lines.append(
             f"| {r['factory']} | {r['dim']} | {knob} | {r['shortlist']} | {r['recall_at_10']:.3f} "
-            f"| {r['ms_b1']:.2f} | {r['ms_b64']:.3f} | {r['speedup_b1']:.0f}x | {r['build_s']:.0f} |"
+            f"| {r['ms_b1']:.2f} | {r['ms_b64']:.3f} | {r['speedup_b1']:.0f}x "
+            f"| {r['build_s']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -334,8 +369,8 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", choices=["synthetic", "real"])
-    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--data", choices=["synthetic", "real"], default="synthetic")
+    p.add_argument("--n", type=int, default=100_000, help="the issue's scale: 1000000")
     p.add_argument("--width", type=int, default=2048, help="synthetic only")
     p.add_argument("--checkpoint", type=Path, default=Path("runs/default/checkpoint.pt"))
     p.add_argument("--queries", type=int, default=200)
@@ -345,7 +380,17 @@ def main() -> None:
     p.add_argument("--shortlists", default="100,200,400,1000")
     p.add_argument("--train-size", type=int, default=200_000)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--grid",
+        default="Flat@32;HNSW32@32;IVF1024,Flat@32;IVF1024,PQ16x4fs@32;SQ8@32;BFlat@256",
+        help="factory@dim entries separated by ';'",
+    )
+    p.add_argument("--out", type=Path, help="default: bench/results/search-DATA-N.json")
+    p.add_argument("--serve", help="FACTORY@DIM of the grid to serve from an index folder")
+    p.add_argument("--serve-shortlist", type=int, default=1000)
+    p.add_argument("--serve-nprobe", type=int)
+    p.add_argument("--serve-ef", type=int)
+    p.add_argument("--fingerprint", default="synthetic", help="checkpoint fingerprint (real)")
     p.add_argument("--plot", nargs="+", type=Path, help="JSON results to plot (no run)")
     p.add_argument("--plot-out", type=Path, default=Path("docs/results/search-pareto.png"))
     a = p.parse_args()
@@ -356,6 +401,7 @@ def main() -> None:
             print(table(res) + "\n")
         print(f"wrote {a.plot_out}")
         return
+    a.out = a.out or Path(f"bench/results/search-{a.data}-{a.n}.json")
     faiss.omp_set_num_threads(a.threads)
     work = a.work_dir / f"{a.data}-{a.n}"
     work.mkdir(parents=True, exist_ok=True)
@@ -375,7 +421,7 @@ def main() -> None:
     base = exact_baseline(store, queries, a.baseline_rows)
     print(f"exact full-dim flat: {base}", flush=True)
     shortlists = [int(s) for s in a.shortlists.split(",")]
-    rows = run_grid(store, queries, truth, grid_for(a.data, width), shortlists, base, a.train_size)
+    rows = run_grid(store, queries, truth, parse_grid(a.grid), shortlists, base, a.train_size, work)
     res = {
         "data": a.data,
         "n": n,
@@ -389,8 +435,36 @@ def main() -> None:
         "baseline": base,
         "flat_f32_full_dim_bytes": n * width * 4,
         "rows": rows,
-        "best": best(rows),
     }
+    if a.out and a.out.exists():  # runs add to the same file: earlier grids are kept
+        old = json.loads(a.out.read_text())
+        res["rows"] = old["rows"] + rows
+        res["earlier_runs"] = [
+            *old.get("earlier_runs", []),
+            {k: old[k] for k in ("baseline", "loadavg_start", "loadavg_end") if k in old},
+        ]
+    res["best"] = best(res["rows"])
+    if a.serve:
+        factory, _, dim = a.serve.rpartition("@")
+        info = {
+            "checkpoint": str(a.checkpoint) if a.data == "real" else "synthetic",
+            "fingerprint": a.fingerprint,
+        }
+        folder = serve_folder(work, factory, int(dim), info, a.train_size)
+        row = {
+            "dim": int(dim),
+            "shortlist": a.serve_shortlist,
+            "nprobe": a.serve_nprobe,
+            "ef_search": a.serve_ef,
+        }
+        mem = serving_rss(folder, work / "queries.npy", row, width)
+        res["serving"] = {
+            **row,
+            "factory": factory,
+            **mem,
+            "rss_over_flat_f32": mem["vm_rss"] / (n * width * 4),
+        }
+        print("serving:", json.dumps(res["serving"]), flush=True)
     res["loadavg_end"] = os.getloadavg()
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

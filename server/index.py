@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
-from server.store import write_generation
+from server.dims import write_dims_report
+from server.store import STORE_DTYPES, write_generation
 from server.thumbnails import make_thumbnail, write_thumbnails
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig, make_parser
@@ -27,6 +32,17 @@ from trainer.model import load_encoder
 from trainer.preprocess import EvalPreprocess
 
 PROG = "python -m server.index"
+
+
+@dataclass(frozen=True)
+class SearchBuild:
+    """How the folder is searched: stored dtype, optional ANN, the eval behind /v1/dims."""
+
+    store_dtype: str = "float32"
+    shortlist_dim: int | None = None
+    index_factory: str = "HNSW32"
+    train_size: int = 100_000
+    eval_json: Path | None = None
 
 
 def build_index_folder(
@@ -44,6 +60,7 @@ def build_index_folder(
     limit: int = 0,
     force: bool = False,
     thumbnail_size: int = 96,
+    search: SearchBuild | None = None,
 ) -> dict:
     """Embed `dataset[split]` with the checkpoint and publish the index folder at `out`.
 
@@ -107,21 +124,66 @@ def build_index_folder(
         "split": split,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    search = search or SearchBuild(eval_json=default_eval_json(checkpoint))
+
+    def thumbnails(folder: Path) -> None:
+        if thumbnail_size:
+            images = ds.select_columns([image_column])
+            rows = tqdm(images, total=len(images), desc=f"thumbnails {split}", unit="img")
+            write_thumbnails(
+                folder,
+                (
+                    (it["id"], make_thumbnail(row[image_column], thumbnail_size))
+                    for it, row in zip(items, rows, strict=True)
+                ),
+            )
+
+    publish_index(
+        out, x.shape[1], len(x), [x], items, info, search, ckpt.model.nesting_list, thumbnails
+    )
+    return {"out": str(out), "count": len(x), "width": int(x.shape[1])}
+
+
+def default_eval_json(checkpoint: Path) -> Path | None:
+    """The evaluator's output beside the checkpoint (`make eval`), when there is one."""
+    path = Path(checkpoint).parent / "eval.json"
+    return path if path.is_file() else None
+
+
+def publish_index(
+    out: Path,
+    width: int,
+    count: int,
+    vector_chunks: Iterable[np.ndarray],
+    items: Iterable[dict[str, Any]],
+    info: dict[str, Any],
+    search: SearchBuild,
+    nesting_list: Iterable[int],
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write generation 0 (vectors, ANN), `extra` files and dims.json beside `out`, then
+    swap the folder in."""
+    if search.shortlist_dim is not None and search.shortlist_dim not in nesting_list:
+        dims = ", ".join(map(str, nesting_list))
+        raise UsageError(f"--shortlist-dim {search.shortlist_dim} is not a nesting dim ({dims})")
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_generation(tmp, 0, x.shape[1], len(x), [x], items, info)
-    if thumbnail_size:
-        images = ds.select_columns([image_column])
-        rows = tqdm(images, total=len(images), desc=f"thumbnails {split}", unit="img")
-        write_thumbnails(
-            tmp,
-            (
-                (it["id"], make_thumbnail(row[image_column], thumbnail_size))
-                for it, row in zip(items, rows, strict=True)
-            ),
-        )
+    info = {**info, "store_dtype": search.store_dtype}
+    if search.shortlist_dim is not None:
+        info["ann"] = {
+            "factory": search.index_factory,
+            "dim": search.shortlist_dim,
+            "train_size": search.train_size,
+        }
+    try:
+        write_generation(tmp, 0, width, count, vector_chunks, items, info)
+    except ValueError as e:  # a factory FAISS cannot build, named with examples
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UsageError(str(e)) from None
+    if extra is not None:
+        extra(tmp)
+    write_dims_report(tmp, list(nesting_list), search.eval_json)
     _publish(tmp, out)
-    return {"out": str(out), "count": len(x), "width": int(x.shape[1])}
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -153,9 +215,38 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--thumbnail-size", type=int, default=96, help="longest side of item thumbnails; 0 = none"
     )
+    b.add_argument(
+        "--store-dtype",
+        choices=STORE_DTYPES,
+        default="float32",
+        help="dtype of the stored full-dim vectors (float16 halves disk and page cache)",
+    )
+    b.add_argument(
+        "--shortlist-dim",
+        type=int,
+        default=None,
+        help="build an ANN index over this nesting dim's prefix (adaptive search shortlists)",
+    )
+    b.add_argument(
+        "--index-factory",
+        default="HNSW32",
+        help="FAISS index_factory string for the ANN: HNSW32, IVF1024,Flat, IVF1024,PQ16x4fs, "
+        "SQ8, BFlat (binary: sign bits), ...",
+    )
+    b.add_argument("--train-size", type=int, default=100_000, help="ANN training sample")
+    b.add_argument(
+        "--eval-json",
+        type=Path,
+        default=None,
+        help="the checkpoint's eval.json for GET /v1/dims (default: beside the checkpoint)",
+    )
     ns = parser.parse_args(argv)
-    if ns.batch_size < 1 or ns.limit < 0 or ns.thumbnail_size < 0:
-        raise UsageError("--batch-size must be >= 1, --limit and --thumbnail-size >= 0")
+    if ns.batch_size < 1 or ns.limit < 0 or ns.thumbnail_size < 0 or ns.train_size < 1:
+        raise UsageError(
+            "--batch-size and --train-size must be >= 1, --limit and --thumbnail-size >= 0"
+        )
+    if ns.eval_json is not None and not ns.eval_json.is_file():
+        raise UsageError(f"--eval-json {ns.eval_json} does not exist")
     result = build_index_folder(
         ns.checkpoint,
         ns.dataset,
@@ -170,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         limit=ns.limit,
         force=ns.force,
         thumbnail_size=ns.thumbnail_size,
+        search=SearchBuild(
+            store_dtype=ns.store_dtype,
+            shortlist_dim=ns.shortlist_dim,
+            index_factory=ns.index_factory,
+            train_size=ns.train_size,
+            eval_json=ns.eval_json or default_eval_json(ns.checkpoint),
+        ),
     )
     if result.get("skipped"):
         print(f"{result['out']} is already an index of this checkpoint; left as it is")

@@ -24,6 +24,8 @@ from pydantic import (
 MAX_BATCH = 4096  # images, vectors or items in one request
 MAX_K = 10_000
 MAX_DIM = 65_536
+MAX_NPROBE = 65_536  # IVF lists probed per query
+MAX_EF_SEARCH = 4096  # HNSW candidate list per query
 MAX_IMAGE_CHARS = 1 << 26  # base64 text of one image; the body limit usually binds first
 MAX_LABEL_CHARS = 256
 MAX_METADATA_KEYS = 64
@@ -135,6 +137,17 @@ class SearchOptions(Strict):
     )
     shortlist: int | None = Field(
         None, ge=1, le=100 * MAX_K, description="adaptive shortlist size; default factor x k"
+    )
+    nprobe: int | None = Field(
+        None, ge=1, le=MAX_NPROBE, description="ANN (IVF): lists probed; default: the server's"
+    )
+    ef_search: int | None = Field(
+        None, ge=1, le=MAX_EF_SEARCH, description="ANN (HNSW): search breadth; default: server's"
+    )
+    use_ann: bool | None = Field(
+        None,
+        description="shortlist from the index's ANN (true), exactly (false), or let the server "
+        "pick (null: the ANN for adaptive searches at its dim on large indexes)",
     )
 
 
@@ -256,6 +269,40 @@ class ModelInfo(BaseModel):
     fingerprint: str
     index_size: int | None
     read_only: bool
+    links: dict[str, str] = Field(
+        default_factory=lambda: {"dims": "/v1/dims"},
+        description="related resources: /v1/dims has per-dim quality and latency",
+    )
+
+
+class DimInfo(BaseModel):
+    dim: int
+    knn_top1: float | None = Field(None, description="the checkpoint's evaluation at this dim")
+    map_at_k: float | None = None
+    exact_ms: float | None = Field(None, description="exact search at this dim, ms per query")
+    adaptive_ms: float | None = Field(
+        None, description="ANN shortlist at the ANN dim, exact rerank at this dim, ms per query"
+    )
+
+
+class AnnInfo(BaseModel):
+    factory: str
+    dim: int
+    min_rows: int = Field(description="the ANN serves default searches from this index size")
+    default_nprobe: int
+    default_ef_search: int
+    default_shortlist_factor: int
+
+
+class DimsInfo(BaseModel):
+    """What a client needs to choose a dim by cost and accuracy."""
+
+    dims: list[DimInfo]
+    index_size: int | None
+    store_dtype: str | None
+    ann: AnnInfo | None
+    eval_source: str | None = Field(None, description="the eval.json the quality came from")
+    latency_measured: str | None = Field(None, description="when and on what the ms were timed")
 
 
 class Status(BaseModel):

@@ -15,12 +15,16 @@ import numpy as np
 import torch
 
 from server.batcher import Batcher
+from server.dims import read_dims_report
 from server.errors import BadInput, Conflict, NotFound
 from server.images import decode_base64, open_image, preprocess_all
 from server.metrics import Metrics
 from server.schemas import (
     AddResponse,
+    AnnInfo,
     DeleteResponse,
+    DimInfo,
+    DimsInfo,
     EmbedResponse,
     Hit,
     ImageItem,
@@ -35,11 +39,13 @@ from server.schemas import (
 from server.settings import Settings
 from server.store import IndexStore
 from server.thumbnails import make_thumbnail
+from trainer.ann import SearchKnobs
 from trainer.checkpoint import load_checkpoint
 from trainer.device import pick_device
 from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
 from trainer.preprocess import EvalPreprocess
+from trainer.search import gpu_count
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class Service:
             self.full_dim,
             writable=writable,
             create=create if writable and self.settings.create_index else None,
+            options=self.settings.vector_options(gpu_count()),
         )
 
     def _forward(self, images: torch.Tensor) -> np.ndarray:
@@ -226,16 +233,54 @@ class Service:
             shortlist=body.shortlist,
             vectors=body.vectors if isinstance(body, VectorSearch) else None,
         )
-        self.require_index()
+        store = self.require_index()
+        ann = store.ann
+        if body.use_ann and (ann is None or ann.dim != c.dim):
+            have = f"its ANN is at dim {ann.dim} ({ann.factory})" if ann else "it has no ANN"
+            raise BadInput(f"use_ann: this index cannot shortlist at dim {c.dim} by ANN; {have}")
+        knobs = SearchKnobs(
+            nprobe=body.nprobe or self.settings.nprobe,
+            ef_search=body.ef_search or self.settings.ef_search,
+        )
         x = c.vectors if c.vectors is not None else await self.embed_images(body.images)
-        scores, rows, items = await self._search(x, c.k, c.dim, c.rerank_dim, c.shortlist)
+        scores, rows, items = await self._search(
+            x, c.k, c.dim, c.rerank_dim, c.shortlist, knobs, body.use_ann
+        )
         return SearchResponse(
             dim=c.dim,
             rerank_dim=c.rerank_dim,
             results=[
-                [Hit.of(items[r], s) for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)]
+                [
+                    Hit.of(items[r], s)
+                    for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)
+                    if r >= 0  # an ANN shortlist may hold fewer than k live items
+                ]
                 for srow, rrow in zip(scores, rows, strict=True)
             ],
+        )
+
+    def dims_info(self) -> DimsInfo:
+        """Per nesting dim: the checkpoint's evaluated quality and the measured latency."""
+        store = self.store
+        measured = read_dims_report(store.directory) if store is not None else {}
+        rows = {int(r["dim"]): r for r in measured.get("dims", [])}
+        ann = store.ann if store is not None else None
+        return DimsInfo(
+            dims=[DimInfo(**{**rows.get(d, {}), "dim": d}) for d in self.nesting_list],
+            index_size=len(store) if store is not None else None,
+            store_dtype=store.manifest.get("store_dtype") if store is not None else None,
+            ann=AnnInfo(
+                factory=ann.factory,
+                dim=ann.dim,
+                min_rows=self.settings.ann_min_rows,
+                default_nprobe=self.settings.nprobe,
+                default_ef_search=self.settings.ef_search,
+                default_shortlist_factor=self.settings.shortlist_factor,
+            )
+            if ann is not None
+            else None,
+            eval_source=measured.get("eval_source"),
+            latency_measured=measured.get("latency_measured"),
         )
 
     async def add_items(self, items: list[ImageItem | VectorItem]) -> AddResponse:
@@ -329,6 +374,8 @@ class Service:
         dim: int,
         rerank_dim: int | None,
         shortlist: int | None,
+        knobs: SearchKnobs | None = None,
+        use_ann: bool | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
         """(scores, row ids, {row: item}) for queries [n, >= the dims used]."""
         store = self.require_index()
@@ -339,8 +386,10 @@ class Service:
         def run() -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
             start = time.perf_counter()
             with store.lock:
-                scores, rows = store.search(queries, k, dim, rerank_dim, shortlist)
-                items = {r: store.item(r) for r in np.unique(rows).tolist()}
+                scores, rows = store.search(
+                    queries, k, dim, rerank_dim, shortlist, knobs=knobs, use_ann=use_ann
+                )
+                items = {r: store.item(r) for r in np.unique(rows).tolist() if r >= 0}
             self.metrics.search_seconds.labels(mode).observe(time.perf_counter() - start)
             return scores, rows, items
 

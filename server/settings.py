@@ -10,6 +10,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.schemas import MAX_BATCH, MAX_K
+from server.vectors import VectorOptions
+
+# Search defaults, picked by bench/bench_search.py for recall@10 >= 0.99 (docs/SEARCH.md).
+SHORTLIST_FACTOR = 10
+NPROBE = 32
+EF_SEARCH = 128
+ANN_MIN_ROWS = 50_000
 
 
 def available_cores() -> int:
@@ -51,11 +58,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit")
     max_pixels: int = Field(4096 * 4096, ge=1, description="pixels per image (bombs refused)")
     max_k: int = Field(1000, ge=1, le=MAX_K, description="largest k in a search")
-    shortlist_factor: int = Field(10, ge=1, description="adaptive shortlist = factor x k")
+    shortlist_factor: int = Field(
+        SHORTLIST_FACTOR, ge=1, description="adaptive shortlist = factor x k"
+    )
+    nprobe: int = Field(NPROBE, ge=1, description="ANN (IVF) lists probed unless a request says")
+    ef_search: int = Field(EF_SEARCH, ge=1, description="ANN (HNSW) breadth unless a request says")
+    ann_min_rows: int = Field(
+        ANN_MIN_ROWS, ge=0, description="adaptive searches use the ANN from this index size"
+    )
+    flat_cache_mb: int = Field(
+        256, ge=0, description="RAM for exact per-dim prefix indexes; beyond, scan the vectors"
+    )
+    faiss_gpu: bool = Field(True, description="search the ANN on a GPU when FAISS sees one")
     compact_every: int = Field(1000, ge=1, description="compact the write-ahead log after N ops")
     reload_interval_s: float = Field(
         2.0, ge=0, description="read-only: poll the index folder for changes; 0 = never"
     )
+
+    def vector_options(self, gpu_count: int) -> VectorOptions:
+        return VectorOptions(
+            flat_cache_bytes=self.flat_cache_mb << 20,
+            ann_min_rows=self.ann_min_rows,
+            gpu=self.faiss_gpu and gpu_count > 0,
+        )
 
     def thread_split(self) -> tuple[int, int]:
         """(torch, faiss) threads: model and search run concurrently, so share the cores."""

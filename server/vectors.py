@@ -11,6 +11,7 @@ the ANN, rerank exactly from the stored vectors.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,13 @@ class Rows:
         return out
 
 
+def _random_access(base: np.ndarray) -> None:
+    """Reranks read scattered rows: no readahead, so only the rows touched become resident."""
+    handle = getattr(base, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
+
+
 class Vectors:
     """Row ids are positions in `rows`; deleted rows stay until compaction, flagged dead."""
 
@@ -84,6 +92,7 @@ class Vectors:
         flat_cache_bytes: int = 256 << 20,
         ann_min_rows: int = 20_000,
     ):
+        _random_access(base)
         self.rows = Rows(base, width)
         self.width = width
         self.ann = ann

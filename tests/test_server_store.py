@@ -133,7 +133,8 @@ def test_rows_view_gathers_base_and_added_rows(tmp_path):
     store.add(items(list("abc")), x[:3])
     store.compact()
     store.add(items(list("def")), x[3:])
-    np.testing.assert_array_equal(store.vectors.rows[np.array([5, 0, 3, 2]), :8], x[[5, 0, 3, 2], :8])
+    rows = store.vectors.rows
+    np.testing.assert_array_equal(rows[np.array([5, 0, 3, 2]), :8], x[[5, 0, 3, 2], :8])
     assert store.vectors.rows.shape == (6, 32)
 
 
@@ -153,3 +154,102 @@ def test_index_cli_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
         index_main(["build", "--dataset", "shapes"])
     assert e.value.code == 2
+
+
+ANN_KINDS = [
+    ("HNSW32", 8, "float32"),
+    ("IVF4,Flat", 8, "float16"),
+    ("SQ8", 16, "float32"),
+    ("BFlat", 16, "float16"),
+]
+
+
+def ann_store(path, factory, dim, dtype, n=600, min_rows=0):
+    from server.store import write_generation
+    from server.vectors import VectorOptions
+
+    x = matryoshka_vectors(n, 32, seed=7)
+    info = {
+        **CREATE,
+        "fingerprint": FP,
+        "store_dtype": dtype,
+        "ann": {"factory": factory, "dim": dim, "train_size": n},
+    }
+    write_generation(path, 0, 32, n, [x], items([f"r{i}" for i in range(n)]), info)
+    options = VectorOptions(ann_min_rows=min_rows)
+    return IndexStore.open(path, FP, 32, writable=True, options=options), x
+
+
+def ids_of(store, rows):
+    return [[store.item(r)["id"] for r in row if r >= 0] for row in rows]
+
+
+@pytest.mark.parametrize(("factory", "dim", "dtype"), ANN_KINDS)
+def test_ann_store_edits_replay_and_compaction(tmp_path, factory, dim, dtype):
+    """Adds and deletes reach the ANN, survive a crash (log replay) and a compaction."""
+    from trainer.ann import SearchKnobs
+
+    store, x = ann_store(tmp_path / "i", factory, dim, dtype)
+    assert store.ann is not None and store.ann.factory == factory
+    assert store.vectors.rows.base.dtype == np.dtype(dtype)
+    extra = matryoshka_vectors(20, 32, seed=8)
+    store.add(items([f"n{i}" for i in range(20)]), extra)
+    store.delete("r3")
+    store.delete("n4")
+    knobs = SearchKnobs(nprobe=4, ef_search=64)
+    q = np.concatenate([x[[3, 10]], extra[[4, 5]]])
+    args = (q, 5, dim, 32, 200, knobs)
+    before = store.search(*args, use_ann=True)
+    found = ids_of(store, before[1])
+    assert not {"r3", "n4"} & {i for row in found for i in row}
+    assert found[1][0] == "r10" and found[3][0] == "n5"  # a stored row finds itself
+    again = open_store(tmp_path / "i")  # no close(): replay the log
+    np.testing.assert_array_equal(again.search(*args, use_ann=True)[1], before[1])
+    store.compact()
+    files = sorted(p.name for p in (tmp_path / "i").iterdir())
+    assert "ann-1.faiss" in files and "ann-0.faiss" not in files
+    assert store.ann is not None and store.ann.ntotal == len(store) == 618
+    assert ids_of(store, store.search(*args, use_ann=True)[1]) == found
+    reopened = open_store(tmp_path / "i", writable=False)
+    assert ids_of(reopened, reopened.search(*args, use_ann=True)[1]) == found
+
+
+def test_ann_funnel_recall_and_exact_default_on_small_indexes(tmp_path):
+    """The ANN funnel finds what the exact funnel finds (recall@10 >= 0.99 against it), and
+    below ann_min_rows an adaptive request shortlists exactly unless use_ann says so."""
+    from trainer.ann import SearchKnobs
+    from trainer.search import search
+
+    store, x = ann_store(tmp_path / "i", "HNSW32", 16, "float16", n=3000, min_rows=10_000)
+    q = matryoshka_vectors(50, 32, seed=9)
+    _, truth = search(x.astype(np.float16).astype(np.float32), q, 10, 32, threads=1)
+    exact_path = store.search(q, 10, 16, 32, 600)
+    ann_path = store.search(q, 10, 16, 32, 600, SearchKnobs(ef_search=1200), use_ann=True)
+    assert not store.vectors.uses_ann(16, None) and store.vectors.uses_ann(16, True)
+
+    def recall(rows, ref):
+        return np.mean([len(set(r) & set(t)) / 10 for r, t in zip(rows, ref, strict=True)])
+
+    assert recall(ann_path[1], exact_path[1]) >= 0.99
+    assert recall(exact_path[1], truth) >= 0.95
+    full = store.search(q, 10, 32, None, 10)  # exact at full dim: a scan of the stored rows
+    np.testing.assert_array_equal(full[1], truth)
+
+
+def test_exact_search_beyond_the_flat_cache_scans_the_store(tmp_path):
+    from server.vectors import VectorOptions
+
+    store = open_store(tmp_path / "i")
+    x = matryoshka_vectors(300, 32, seed=5)
+    store.add(items([f"v{i}" for i in range(300)]), x)
+    store.delete("v1")
+    cached = store.search(x[:20], 7, 16, None, 7)
+    assert 16 in store.vectors._flat
+    tight = IndexStore.open(
+        tmp_path / "i", FP, 32, writable=False, options=VectorOptions(flat_cache_bytes=0)
+    )
+    scanned = tight.search(x[:20], 7, 16, None, 7)
+    assert not tight.vectors._flat
+    np.testing.assert_array_equal(cached[1], scanned[1])
+    np.testing.assert_allclose(cached[0], scanned[0], atol=1e-6)
+    assert 1 not in scanned[1]

@@ -21,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from trainer.atomic import atomic_write
 from trainer.nesting import truncate_normalize_np
 from trainer.search import GPU_MAX_K, _order, gpu_count
 
@@ -174,11 +175,12 @@ class AnnIndex:
     # files --------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write the CPU index (tombstones are not saved: the store's compaction drops them)."""
+        """Write the CPU index atomically (tombstones are not saved: compaction drops them)."""
         if self.binary:
-            faiss.write_index_binary(self.index, str(path))
+            data = faiss.serialize_index_binary(self.index)
         else:
-            faiss.write_index(self.index, str(path))
+            data = faiss.serialize_index(self.index)
+        atomic_write(path, lambda f: f.write(memoryview(data)))
 
     @classmethod
     def load(cls, path: Path, dim: int, factory: str) -> AnnIndex:

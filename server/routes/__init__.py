@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routes import embed, health, index_items, items, model, page, search
+from server.routes import dims, embed, health, index_items, items, model, page, search
 
 ROUTERS: list[APIRouter] = [
     health.router,
     model.router,
+    dims.router,
     embed.router,
     search.router,
     index_items.router,
