@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from server.schemas import MAX_BATCH, MAX_K
 from server.vectors import VectorOptions
 
-# Search defaults, picked by bench/bench_search.py for recall@10 >= 0.99 (docs/SEARCH.md).
+# Search defaults; docs/SEARCH.md says what bench/bench_search.py measured against them.
 SHORTLIST_FACTOR = 10
 NPROBE = 32
 EF_SEARCH = 128
