@@ -322,11 +322,10 @@ class Service:
         """The live item with its raw full-dim vector."""
         store = self.require_index()
         with store.lock:
-            row = store.row_of.get(item_id)
-            if row is None:
+            vector = store.vector(item_id)
+            if vector is None:
                 raise NotFound(f"no item with id {item_id!r} in the index")
-            vector = store.rows[[row]][0]
-            return ItemInfo.of(store.item(row), vector.tolist())
+            return ItemInfo.of(store.item(store.row_of[item_id]), vector.tolist())
 
     def thumbnail(self, item_id: str) -> tuple[bytes, str]:
         """(WebP bytes, ETag) of a live item."""
