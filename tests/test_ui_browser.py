@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 from test_server_helpers import Server, build_index, train_tiny
 
+from trainer.evaluate import main as evaluate_main
+
 pytestmark = pytest.mark.ui
 
 CHROMIUM = os.environ.get("MOCO_UI_CHROMIUM", "/usr/bin/chromium")
@@ -37,6 +39,9 @@ def server(tiny_dataset, tmp_path_factory):
         index = shutil.copytree(index, tmp / "index")
     else:
         checkpoint = train_tiny(tiny_dataset, tmp / "run")
+        # The evaluation beside the checkpoint is what the build stores for GET /v1/dims.
+        evaluate = ["--checkpoint", str(checkpoint), "--dataset", tiny_dataset, "--no-plot"]
+        evaluate_main([*evaluate, "--output", str(checkpoint.parent / "eval.json")])
         index = build_index(checkpoint, tiny_dataset, tmp / "index", limit=120)
     srv = Server(checkpoint, index, tmp, MOCO_READ_ONLY="true", MOCO_MAX_PIXELS=str(MAX_PIXELS))
     yield srv
@@ -140,6 +145,23 @@ def test_page_loads_with_csp_and_no_console_errors(browser, server):
     assert [int(b.get_attribute("value")) for b in boxes] == model["nesting_list"]
     assert browser.find_element("id", "error").get_attribute("hidden") is not None
     assert console_errors(browser) == []
+
+
+def test_quality_chart_from_v1_dims(browser, server):
+    dims = httpx.get(server.url + "/v1/dims").json()["dims"]
+    open_page(browser, server)
+    wait_for(browser, lambda b: b.find_elements("css selector", "#chart polyline"), "chart")
+    for cls, key in (("knn", "knn_top1"), ("map", "map_at_k")):
+        line = browser.find_element("css selector", f"#chart polyline.{cls}")
+        points = line.get_attribute("points").split()
+        assert len(points) == len(dims)
+        # higher metric, higher on screen (smaller y): the chart's order is the data's order
+        ys = [float(p.split(",")[1]) for p in points]
+        values = [d[key] for d in dims]
+        for i in range(len(dims) - 1):
+            if values[i] != values[i + 1]:
+                assert (ys[i] > ys[i + 1]) == (values[i] < values[i + 1])
+    assert "eval.json" in browser.find_element("id", "chart-note").text
 
 
 def test_upload_fills_every_column(browser, server, query_png):
