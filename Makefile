@@ -18,7 +18,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui lint bench gpu-wheels \
+.PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui fuzz lint bench gpu-wheels \
 	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
 help: ## list the targets
@@ -53,6 +53,14 @@ test: $(STAMP) lint ## lint + fast tests (slow ones: make test-slow)
 
 test-slow: $(STAMP) ## the slow tests (multi-process DDP, fault injection, real training)
 	$(PY) -m pytest -q -m slow
+
+# make fuzz: Schemathesis, all checks, against a real server with an index and an API key.
+FUZZ_EXAMPLES ?= 50
+FUZZ_TIME ?= 90
+FUZZ_OUT ?=
+fuzz: $(STAMP) ## schema-driven fuzzing of a real `python -m server` (FUZZ_EXAMPLES per operation, FUZZ_TIME s)
+	$(PY) tests/fuzz_server.py --max-examples $(FUZZ_EXAMPLES) --max-time $(FUZZ_TIME) \
+		$(if $(FUZZ_OUT),--out $(FUZZ_OUT))
 
 # Debian's browser and driver (Selenium is pointed at them: no driver download).
 UI_APT := chromium chromium-driver

@@ -197,3 +197,16 @@ def test_openapi_is_narrowed_to_the_checkpoint_and_settings(writer):
     assert search["vectors"]["items"]["minItems"] == search["vectors"]["items"]["maxItems"] == 64
     assert schemas["VectorItem"]["properties"]["vector"]["maxItems"] == 64
     assert schemas["EmbedRequest"]["properties"]["dim"]["anyOf"][0]["enum"] == [8, 16, 32, 64]
+
+
+def test_any_matching_api_key_header_is_accepted(writer):
+    """Clients (and fuzzers) may send both headers; one right key is enough, none is a 401."""
+    item = {"id": "both", "vector": json.loads(vec(7))}
+    right, wrong = {"X-API-Key": KEY}, {"X-API-Key": "nope"}
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    r = writer.post("/v1/index/items", json={"items": [item]}, headers={**bearer, **wrong})
+    assert r.status_code == 200, r.text
+    r = writer.delete("/v1/index/items/both", headers={"Authorization": "Bearer x", **right})
+    assert r.status_code == 200
+    r = writer.delete("/v1/index/items/both", headers={"Authorization": "Bearer x", **wrong})
+    assert r.status_code == 401

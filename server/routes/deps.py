@@ -38,9 +38,9 @@ def require_writer(
         raise Forbidden("this replica is read-only (MOCO_READ_ONLY); send mutations to the writer")
     if settings.api_key is None:
         return
-    given = x_api_key if x_api_key is not None else credentials and credentials.credentials
     expected = settings.api_key.get_secret_value().encode()
-    if not given or not secrets.compare_digest(given.encode(), expected):
+    given = [x_api_key, credentials.credentials if credentials else None]
+    if not any(key and secrets.compare_digest(key.encode(), expected) for key in given):
         raise Unauthorized(
             "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             headers={"WWW-Authenticate": "Bearer"},
