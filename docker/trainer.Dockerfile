@@ -16,20 +16,24 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY docker/pip-install.sh /usr/local/bin/pip-install
-COPY pyproject.toml README.md ./
-# Dependencies first, from pyproject alone (empty packages stand in for the code), so a
+COPY pyproject.toml ./
+# Dependencies first, from pyproject alone (empty files stand in for the code and README), so a
 # code change reuses this layer instead of downloading torch again.
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca,required=false \
-    mkdir trainer server && touch trainer/__init__.py server/__init__.py \
+    mkdir trainer server && touch README.md trainer/__init__.py server/__init__.py \
     && pip-install ".[${VARIANT},train]" \
-    && rm -r trainer server
+    && rm -r README.md trainer server
+COPY README.md ./
 COPY trainer/ trainer/
 COPY server/ server/
-# The code alone (its build backend comes from the index, hence pip-install again).
+# The code alone, into its own folder: the runtime copies it as a small layer of its own,
+# so a code change does not copy the venv again; the venv drops the stand-in packages.
+# (The build backend comes from the index, hence pip-install.)
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca,required=false \
-    pip-install --no-deps --force-reinstall .
+    pip uninstall --yes --quiet moco-matryoshka \
+    && pip-install --no-deps --target /opt/moco .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=cpu
@@ -38,7 +42,9 @@ LABEL org.opencontainers.image.title="moco-matryoshka-trainer" \
 RUN groupadd --system --gid 10001 moco \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home moco
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/moco /opt/moco
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/moco \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

@@ -92,7 +92,7 @@ def test_dockerfile_installs_the_projects_extras(name: str) -> None:
     the code alone; no pins, no package named outside pyproject."""
     assert pip_installs(DOCKERFILES[name]) == [
         f'pip-install ".[${{VARIANT}},{ROLE_EXTRA[name]}]"',
-        "pip-install --no-deps --force-reinstall .",
+        "pip-install --no-deps --target /opt/moco .",
     ]
     text = DOCKERFILES[name].read_text().lower()
     assert not re.search(r"(==|>=|<=|~=)\s*\d", text), "a version pin outside pyproject.toml"
@@ -210,6 +210,7 @@ def test_runtime_stage_is_slim_non_root_and_exec_form(name: str) -> None:
     runs = " ".join(rest for op, rest in runtime if op == "RUN")
     assert "pip" not in runs and "apt-get" not in runs, "build steps in the runtime"
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in runtime
+    assert ("COPY", "--from=builder /opt/moco /opt/moco") in runtime, "the code, a layer apart"
     assert not any(op in ("ADD",) for op in ops)
     user = [rest for op, rest in runtime if op == "USER"]
     assert user and re.fullmatch(r"[1-9]\d*:[1-9]\d*", user[-1]), "numeric non-root USER"
