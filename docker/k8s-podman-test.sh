@@ -33,6 +33,9 @@ CONTAINERS_OF() { "$PY" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1
 print(d["metadata"]["name"] + "-" + d["spec"]["containers"][0]["name"])' "$WORK/pods/$1.yaml"; }
 
 RESULT_LINES=()
+as_run() { # as_run CONTAINER: "user=U read-only-root=true|false", as podman ran it
+    podman inspect -f 'user={{.Config.User}} read-only-root={{.HostConfig.ReadonlyRootfs}}' "$1"
+}
 down() { podman kube down "$WORK/pods/$1.yaml" >/dev/null 2>&1 || true; }
 trap 'for p in "${PODS[@]}"; do down "$p"; done' EXIT
 
@@ -46,7 +49,9 @@ run_job() { # run_job POD ARTIFACT: play, wait for the container's exit, check t
     local pod=$1 artifact=$2 t0 rc ctr
     t0=$SECONDS
     ctr=$(CONTAINERS_OF "$pod")
+    local how=""
     if play "$pod"; then
+        how=$(as_run "$ctr")
         rc=$(podman wait "$ctr")
         podman logs "$ctr" >"$WORK/$pod.log" 2>&1
     else
@@ -54,10 +59,10 @@ run_job() { # run_job POD ARTIFACT: play, wait for the container's exit, check t
     fi
     local ok=false
     [ "$rc" = 0 ] && [ -e "$artifact" ] && ok=true
-    printf 'k8s-podman-test: %-12s exit %-3s %4ss  %s %s\n' "$pod" "$rc" $((SECONDS - t0)) \
-        "${artifact#"$WORK"/volumes/}" "$([ -e "$artifact" ] && echo written || echo MISSING)"
+    printf 'k8s-podman-test: %-12s exit %-3s %4ss  %s %s  (%s)\n' "$pod" "$rc" $((SECONDS - t0)) \
+        "${artifact#"$WORK"/volumes/}" "$([ -e "$artifact" ] && echo written || echo MISSING)" "$how"
     [ $ok = true ] || tr '\r' '\n' <"$WORK/$pod.log" 2>/dev/null | grep -v '%|' | tail -15
-    RESULT_LINES+=("$pod $rc $((SECONDS - t0)) ${artifact#"$WORK"/volumes/} $ok")
+    RESULT_LINES+=("$pod $rc $((SECONDS - t0)) ${artifact#"$WORK"/volumes/} $ok $how")
     down "$pod"
     [ $ok = true ]
 }
@@ -69,7 +74,9 @@ probe() { # probe POD: wait until the container answers its readinessProbe path 
 g = c["readinessProbe"]["httpGet"]; p = g["port"]
 p = next(q["containerPort"] for q in c["ports"] if q["name"] == p) if isinstance(p, str) else p
 print(g["path"], p)' "$WORK/pods/$pod.yaml")
+    local how=""
     if play "$pod"; then
+        how=$(as_run "$ctr")
         while [ $((SECONDS - t0)) -lt 300 ]; do
             code=$(podman exec "$ctr" python -c "import urllib.request as u
 try: print(u.urlopen('http://127.0.0.1:$port$path', timeout=5).status)
@@ -80,9 +87,10 @@ except Exception as e: print(getattr(e, 'code', 'down'))" 2>/dev/null) || code=d
         done
         podman logs "$ctr" >"$WORK/$pod.log" 2>&1
     fi
-    printf 'k8s-podman-test: %-12s GET %s:%s -> %s after %ss\n' "$pod" "$path" "$port" "$code" $((SECONDS - t0))
+    printf 'k8s-podman-test: %-12s GET %s:%s -> %s after %ss  (%s)\n' "$pod" "$path" "$port" "$code" \
+        $((SECONDS - t0)) "$how"
     [ "$code" = 200 ] || tail -15 "$WORK/$pod.log"
-    RESULT_LINES+=("$pod $code $((SECONDS - t0)) $path $([ "$code" = 200 ] && echo true || echo false)")
+    RESULT_LINES+=("$pod $code $((SECONDS - t0)) $path $([ "$code" = 200 ] && echo true || echo false) $how")
     down "$pod"
     [ "$code" = 200 ]
 }
@@ -93,13 +101,22 @@ run_job moco-train "$RUNS/checkpoint.pt" || status=1
 [ $status = 0 ] && { run_job moco-index "$RUNS/index/manifest.json" || status=1; }
 [ $status = 0 ] && { probe moco-server || status=1; }
 
-"$PY" - "$RESULTS" "$OVERLAY" "$(podman --version)" "${RESULT_LINES[@]}" <<'PY'
+"$PY" - "$RESULTS" "$OVERLAY" "$(podman --version)" "$RUNS" "${RESULT_LINES[@]}" <<'PY'
 import json, sys
-out, overlay, version, *lines = sys.argv[1:]
-pods = [dict(zip(("pod", "result", "seconds", "checked", "ok"), ln.split())) for ln in lines]
-for p in pods:
-    p["seconds"], p["ok"] = int(p["seconds"]), p["ok"] == "true"
-json.dump({"overlay": overlay, "podman": version, "pods": pods}, open(out, "w"), indent=2)
+from pathlib import Path
+out, overlay, version, runs, *lines = sys.argv[1:]
+pods = []
+for ln in lines:
+    pod, result, seconds, checked, ok, *how = ln.split()
+    pods.append({"pod": pod, "result": result, "seconds": int(seconds), "checked": checked,
+                 "ok": ok == "true", **dict(h.split("=", 1) for h in how)})
+summary = {"overlay": overlay, "podman": version, "pods": pods}
+if (Path(runs) / "eval.json").exists():
+    metrics = json.loads((Path(runs) / "eval.json").read_text())["metrics"]
+    summary["eval_knn_top1"] = {str(m["dim"]): round(m["knn_top1"], 4) for m in metrics}
+if (Path(runs) / "index" / "manifest.json").exists():
+    summary["index_count"] = json.loads((Path(runs) / "index" / "manifest.json").read_text())["count"]
+Path(out).write_text(json.dumps(summary, indent=2) + "\n")
 print(f"k8s-podman-test: summary in {out}")
 PY
 exit $status
