@@ -5,7 +5,8 @@
 # Deployment -> answers its readiness probe path. docker/kube_pods.py says what is changed
 # from the rendered manifests (only what a cluster adds). Settings (environment):
 #   OVERLAY (cpu), KUBECTL (kubectl), PY (python with PyYAML), WORK (runs/k8s-podman-test),
-#   RESULTS (JSON summary), CONTAINERS_CONF (e.g. docker/podman-nested.conf), KUBE_PLAY_FLAGS
+#   RESULTS (JSON summary), CONTAINERS_CONF (e.g. docker/podman-nested.conf), KUBE_PLAY_FLAGS,
+#   ONLY (e.g. "moco-server": run only these pods, on the volumes a previous run left)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OVERLAY=${OVERLAY:-cpu}
@@ -18,7 +19,7 @@ die() { echo "k8s-podman-test: $*" >&2; exit 1; }
 command -v podman >/dev/null || die "podman not found (apt-get install podman; docs/KUBERNETES.md)"
 command -v "$KUBECTL" >/dev/null || die "'$KUBECTL' not found; it renders the overlay"
 
-rm -rf "$WORK/pods" "$WORK/volumes/moco-runs"
+[ -n "${ONLY:-}" ] || rm -rf "$WORK/pods" "$WORK/volumes/moco-runs"
 mkdir -p "$WORK/volumes/moco-runs" "$WORK/volumes/moco-data"
 # The pods run as uid 10001 (fsGroup is not applied to host folders).
 chown 10001:10001 "$WORK/volumes/moco-runs" "$WORK/volumes/moco-data" 2>/dev/null ||
@@ -95,11 +96,12 @@ except Exception as e: print(getattr(e, 'code', 'down'))" 2>/dev/null) || code=d
     [ "$code" = 200 ]
 }
 
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 status=0
-run_job moco-train "$RUNS/checkpoint.pt" || status=1
-[ $status = 0 ] && { run_job moco-eval "$RUNS/eval.json" || status=1; }
-[ $status = 0 ] && { run_job moco-index "$RUNS/index/manifest.json" || status=1; }
-[ $status = 0 ] && { probe moco-server || status=1; }
+want moco-train && { run_job moco-train "$RUNS/checkpoint.pt" || status=1; }
+[ $status = 0 ] && want moco-eval && { run_job moco-eval "$RUNS/eval.json" || status=1; }
+[ $status = 0 ] && want moco-index && { run_job moco-index "$RUNS/index/manifest.json" || status=1; }
+[ $status = 0 ] && want moco-server && { probe moco-server || status=1; }
 
 "$PY" - "$RESULTS" "$OVERLAY" "$(podman --version)" "$RUNS" "${RESULT_LINES[@]}" <<'PY'
 import json, sys
