@@ -167,7 +167,7 @@ def parse_grid(spec: str) -> list[dict]:
         if "HNSW" in factory:
             knobs = [{"ef_search": e} for e in (64, 128, 256)]
         elif "IVF" in factory:
-            knobs = [{"nprobe": p} for p in (8, 16, 32, 64)]
+            knobs = [{"nprobe": p} for p in (16, 64, 128, 256)]
         else:
             knobs = [{}]
         out.append({"factory": factory, "dim": int(dim), "knobs": knobs})

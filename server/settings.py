@@ -13,8 +13,8 @@ from server.schemas import MAX_BATCH, MAX_K
 from server.vectors import VectorOptions
 
 # Search defaults; docs/SEARCH.md says what bench/bench_search.py measured against them.
-SHORTLIST_FACTOR = 10
-NPROBE = 32
+SHORTLIST_FACTOR = 100
+NPROBE = 128
 EF_SEARCH = 128
 ANN_MIN_ROWS = 50_000
 
