@@ -158,13 +158,13 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     dims = sorted({r["dim"] for v in summary["variants"] for r in v["rows"]})
+    shown = [v for v in summary["variants"] if v["rows"]]
     for ax, (key, _) in zip(axes, METRICS, strict=True):
-        for v in summary["variants"]:
+        for i, v in enumerate(shown):
             rows = v["rows"]
-            if not rows:
-                continue
+            dodge = 2 ** (0.04 * (i - (len(shown) - 1) / 2))  # error bars side by side, not on top
             ax.errorbar(
-                [r["dim"] for r in rows],
+                [r["dim"] * dodge for r in rows],
                 [r[key]["mean"] for r in rows],
                 yerr=[r[key]["std"] or 0.0 for r in rows],
                 marker="o",
