@@ -65,6 +65,7 @@ def test_plan_trains_first_with_seeded_folders(tmp_path):
         ("out = 'x'\n[variants.a]\nof = 'b'\n", "of = 'b' is not a trained variant"),
         ("out = 'x'\nreference = 'z'\n[variants.a]\n", "reference = 'z'"),
         ("out = 'x'\n[variants.a\n", "not valid TOML"),
+        ("out = 'x'\n[variants.\"../a\"]\n", "use letters, digits"),
     ],
 )
 def test_bad_grids_are_one_line_errors(tmp_path, text, message):

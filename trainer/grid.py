@@ -56,8 +56,8 @@ class Grid(BaseModel):
             raise ValueError("no [variants.NAME] tables")
         names = set(self.variants)
         for name, v in self.variants.items():
-            if not name.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"variant name {name!r}: use letters, digits, - and _")
+            if not name.translate(str.maketrans("", "", "-_.")).isalnum() or name[0] == ".":
+                raise ValueError(f"variant name {name!r}: use letters, digits, -, _ and .")
             if v.of is not None and (v.of not in names or self.variants[v.of].of is not None):
                 raise ValueError(f"variant {name}: of = {v.of!r} is not a trained variant")
             if v.of is not None and v.train:
