@@ -1,10 +1,16 @@
-"""Server benchmarks: (a) /v1/embed under concurrent load vs the bare model, (b) adaptive vs
-exact full-dim search latency and recall@10. Prints ratios; writes bench/results/server.json.
+"""Server benchmarks: (a) /v1/embed under load vs the bare model, per model; (b) adaptive vs
+exact full-dim search latency and recall@10. Prints ratios; writes JSON (bench/results/).
 
-(a) A real `python -m server` (uvicorn) is hit by `--concurrency` async clients sending one
-    image per request; its images/s is divided by the in-process model's images/s at the
-    server's max batch size (same torch thread count). A ratio near 1 means batching,
-    decoding and HTTP cost little next to the model.
+(a) A real `python -m server` (uvicorn) is driven by a native load generator (`wrk`,
+    `apt-get install wrk`), one image per request at `--concurrency` connections, so the
+    client costs little next to the server. Without wrk a Python (httpx) client is used and
+    the JSON says so: on 2 cores it saturates before the server does. The server's images/s
+    is divided by the bare model's images/s at the server's batch size and torch threads,
+    measured in the same run just before and just after the load (their mean is the
+    reference; the shared machine's noise shows as their spread). Also: p50/p99 latency,
+    server CPU per image (its /proc/<pid>/stat), the server's own queue/inference split,
+    and /healthz latency measured meanwhile. Models: the default 32 px convnet and a
+    ResNet-50 at 224 px, both with random weights (throughput does not depend on them).
 (b) The server's own IndexStore over N random Matryoshka-like vectors (energy decaying along
     the dims, like a trained MRL embedding): one query at a time, as requests arrive.
 """
@@ -14,14 +20,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import http.client
 import io
 import json
+import math
 import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,37 +41,57 @@ import numpy as np
 import torch
 from PIL import Image
 
+from server.codec import FastJSON, encode
 from server.store import IndexStore, write_generation
 from trainer import shapes
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.model import load_encoder
-from trainer.preprocess import EvalPreprocess
+from trainer.model import build_moco, load_encoder
+from trainer.preprocess import EvalPreprocess, stored_size
 from trainer.search import set_threads
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = {
+    "convnet": {"arch": "convnet", "image_size": 32, "nesting_list": [8, 16, 32, 64, 128, 256]},
+    "resnet50": {
+        "arch": "resnet50",
+        "image_size": 224,
+        "nesting_list": [8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+    },
+}
+WRK_SCRIPT = """
+local bodies = {}
+for n = 0, %(count)d - 1 do
+  local f = assert(io.open(string.format("%(bodies)s/%%d", n), "rb"))
+  bodies[#bodies + 1] = f:read("*a")
+  f:close()
+end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "%(content_type)s"
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format(nil, "%(path)s", nil, bodies[i])
+end
+done = function(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_s": %%.6f, "bytes": %%d, "errors": %%d, "non_2xx": %%d, '
+    .. '"p50_ms": %%.3f, "p90_ms": %%.3f, "p99_ms": %%.3f, "max_ms": %%.3f, "mean_ms": %%.3f}\\n',
+    s.requests, s.duration / 1e6, s.bytes, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3,
+    latency.max / 1e3, latency.mean / 1e3))
+end
+"""
 
 
-def ensure_checkpoint(path: Path, workdir: Path) -> Path:
-    """The given checkpoint, or a 2-step one (weights do not matter for throughput)."""
-    if path.is_file():
-        return path
-    from trainer.train import train
-
-    print(f"{path} missing: training a 2-step checkpoint for the benchmark", file=sys.stderr)
-    out = workdir / "run"
-    train(
-        TrainConfig(
-            output_dir=out,
-            cache_dir=Path("data"),
-            max_steps=2,
-            epochs=1,
-            workers=0,
-            device="cpu",
-            resume="never",
-        )
-    )
-    return out / "checkpoint.pt"
+def random_checkpoint(name: str, workdir: Path) -> Path:
+    """A checkpoint of the named model with random weights (what the server loads)."""
+    cfg = TrainConfig(**MODELS[name], output_dir=workdir, device="cpu", bn_splits=1)
+    model = build_moco(cfg, bn_splits=1)
+    path = workdir / f"{name}.pt"
+    save_checkpoint(Checkpoint.capture(cfg, model), path)
+    return path
 
 
 def free_port() -> int:
@@ -69,44 +100,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def model_throughput(checkpoint: Path, images: list[Image.Image], batch: int, seconds: float):
-    ckpt = load_checkpoint(checkpoint)
-    encoder = load_encoder(ckpt, "cpu")
-    pre = EvalPreprocess.of(ckpt.model)
-    x = torch.stack([pre(im) for im in images[:batch]])
+def encoded_images(size: int, n: int) -> tuple[list[Image.Image], list[bytes], str]:
+    """Test images as files: PNG at 32 px (like the shapes data), JPEG for photo sizes."""
+    side = stored_size(size)
+    arrays, _ = shapes.generate(n, side, seed=0)
+    images = [Image.fromarray(np.asarray(a)) for a in arrays]
+    fmt = "PNG" if side <= 64 else "JPEG"
+    files = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        files.append(buf.getvalue())
+    return images, files, fmt
+
+
+def model_throughput(encoder, x: torch.Tensor, seconds: float) -> tuple[float, float]:
+    """Bare forwards on one preprocessed batch, nothing else (no decode, no copy out):
+    (images/s, CPU ms per image). CPU time does not count the time other jobs took the core."""
     with torch.inference_mode():
         encoder(x)
-        n, start = 0, time.perf_counter()
+        n, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             encoder(x)
             n += len(x)
-    return n / (time.perf_counter() - start)
-
-
-async def load_test(url: str, payloads: list[str], concurrency: int, seconds: float, per: int):
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker(client: httpx.AsyncClient, w: int) -> None:
-        nonlocal done
-        i = w
-        while time.perf_counter() < stop:
-            body = {"images": [payloads[(i + j) % len(payloads)] for j in range(per)], "dim": 16}
-            r = await client.post("/v1/embed", json=body)
-            r.raise_for_status()
-            done += per
-            i += concurrency * per
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        await client.post("/v1/embed", json={"images": payloads[:1]})
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client, w) for w in range(concurrency)))
-        return done / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to see where the cores went."""
+    """User + system CPU time of a process (Linux /proc/<pid>/stat), all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -115,19 +136,171 @@ def metric_sum(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-def bench_embed(args, checkpoint: Path) -> dict:
-    model = load_checkpoint(checkpoint).model
-    size = model.image_size
-    arrays, _ = shapes.generate(256, size, seed=0)
-    images = [Image.fromarray(np.asarray(a)) for a in arrays]
-    payloads = []
-    for im in images:
-        buf = io.BytesIO()
-        im.save(buf, "PNG")
-        payloads.append(base64.b64encode(buf.getvalue()).decode())
-    model_ips = model_throughput(checkpoint, images, args.batch_size, args.seconds)
+class HealthProbe(threading.Thread):
+    """GET /healthz every `interval` s on a kept-alive connection while the load runs."""
 
-    port = free_port()
+    def __init__(self, port: int, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.port, self.interval = port, interval
+        self.latencies_ms: list[float] = []
+        self.failures = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.done.wait(self.interval):
+            start = time.perf_counter()
+            try:
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            if ok:
+                self.latencies_ms.append(1000 * (time.perf_counter() - start))
+            else:
+                self.failures += 1
+        conn.close()
+
+    def summary(self) -> dict:
+        lat = np.array(self.latencies_ms or [np.nan])
+        return {
+            "n": len(self.latencies_ms),
+            "failures": self.failures,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "max_ms": float(lat.max()),
+        }
+
+
+class ForwardPoller(threading.Thread):
+    """Polls the server's count of forwarded images, to time whole batches (steady state).
+
+    With a slow model a run holds few batches, and counting responses inside a fixed window
+    loses the partial batch at each end; the rate between the first and the last observed
+    batch completion does not.
+    """
+
+    def __init__(self, url: str, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.url, self.interval = url, interval
+        self.changes: list[tuple[float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            last = None
+            while not self.done.wait(self.interval):
+                try:
+                    images = metric_sum(client.get("/metrics").text, "moco_batch_size_sum")
+                except httpx.HTTPError:
+                    continue
+                if images != last:
+                    self.changes.append((time.perf_counter(), images))
+                    last = images
+
+    def rate(self) -> tuple[float, int]:
+        """(images/s between the first and last batch completions seen, batches between)."""
+        if len(self.changes) < 3:
+            return float("nan"), 0
+        (t0, n0), (t1, n1) = self.changes[1], self.changes[-1]
+        return (n1 - n0) / (t1 - t0), len(self.changes) - 2
+
+
+def run_wrk(url: str, request: tuple[list[bytes], str, str], args, seconds: float, tmp: Path):
+    bodies, content_type, path = request
+    folder = tmp / "bodies"
+    folder.mkdir(exist_ok=True)
+    for i, body in enumerate(bodies):
+        (folder / str(i)).write_bytes(body)
+    script = tmp / "load.lua"
+    values = {"bodies": folder, "count": len(bodies), "content_type": content_type}
+    script.write_text(WRK_SCRIPT % {**values, "path": path})
+    argv = [
+        "wrk",
+        f"-t{args.wrk_threads}",
+        f"-c{args.concurrency}",
+        f"-d{math.ceil(seconds)}s",  # wrk takes whole seconds only
+        "--timeout",
+        "60s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: wrk failed: {done.stderr or done.stdout}")
+    out = done.stdout
+    found = re.search(r"^WRKJSON (.*)$", out, re.M)
+    if found is None:
+        raise SystemExit(f"bench: could not read wrk's summary:\n{out}")
+    return json.loads(found.group(1))
+
+
+async def run_python_client(url: str, request: tuple[list[bytes], str, str], args, seconds):
+    """Fallback without wrk: async httpx clients; they compete with the server for the cores."""
+    bodies, content_type, path = request
+    latencies, errors = [], 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient, w: int) -> None:
+        nonlocal errors
+        i = w
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            r = await client.post(
+                path, content=bodies[i % len(bodies)], headers={"content-type": content_type}
+            )
+            latencies.append(1000 * (time.perf_counter() - t))
+            errors += r.status_code != 200
+            i += args.concurrency
+
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client, w) for w in range(args.concurrency)))
+        duration = time.perf_counter() - start
+    lat = np.array(latencies)
+    return {
+        "requests": len(lat),
+        "duration_s": duration,
+        "errors": 0,
+        "non_2xx": errors,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p90_ms": float(np.percentile(lat, 90)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "mean_ms": float(lat.mean()),
+    }
+
+
+def request_bodies(files: list[bytes], body: str, dim: int) -> tuple[list[bytes], str, str]:
+    """(bodies, content type, path): one image per request, JSON base64 or a file upload."""
+    if body == "json":
+        return (
+            [
+                json.dumps({"images": [base64.b64encode(f).decode()], "dim": dim}).encode()
+                for f in files
+            ],
+            "application/json",
+            "/v1/embed",
+        )
+    boundary = "benchboundary7MA4YWxkTrZu0gW"
+    out = []
+    for f in files:
+        parts = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="dim"\r\n\r\n{dim}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="x"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        out.append(parts + f + f"\r\n--{boundary}--\r\n".encode())
+    return out, f"multipart/form-data; boundary={boundary}", "/v1/embed/files"
+
+
+def start_server(checkpoint: Path, args, port: int, log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -136,46 +309,183 @@ def bench_embed(args, checkpoint: Path) -> dict:
         "MOCO_MAX_WAIT_MS": str(args.max_wait_ms),
         "MOCO_MAX_QUEUE": "1024",
     }
+    source = args.server_source  # A/B: serve another checkout's code (`-m` imports from cwd)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", str(port)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=f, cwd=source)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"bench: the server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM; uvicorn then drains what is queued, which can take long at 224 px: SIGKILL."""
+    proc.terminate()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("bench: the server did not start")
-            time.sleep(0.3)
-        cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
-        server_ips = asyncio.run(
-            load_test(url, payloads, args.concurrency, args.seconds, args.images_per_request)
-        )
-        server_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - wall0)
-        text = httpx.get(url + "/metrics").text
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    forwards = metric_sum(text, "moco_model_forwards_total")
-    images_total = metric_sum(text, "moco_batch_size_sum")
-    return {
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def bench_embed(args, name: str, workdir: Path) -> dict:
+    checkpoint = random_checkpoint(name, workdir)
+    ckpt = load_checkpoint(checkpoint)
+    size = ckpt.model.image_size
+    images, files, fmt = encoded_images(size, 64)
+    encoder = load_encoder(ckpt, "cpu")
+    pre = EvalPreprocess.of(ckpt.model)
+    x = torch.stack([pre(images[i % len(images)]) for i in range(args.batch_size)])
+    dim = ckpt.model.full_dim
+    native = shutil.which("wrk") is not None and not args.python_client
+    result = {
+        "model": name,
+        "arch": ckpt.model.arch,
         "image_size": size,
-        "arch": model.arch,
+        "image_format": fmt,
+        "image_bytes_mean": float(np.mean([len(f) for f in files])),
+        "checkpoint_fingerprint": ckpt.fingerprint,
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
         "torch_threads": args.threads,
-        "server_images_per_s": server_ips,
-        "model_images_per_s": model_ips,
-        "ratio_server_over_model": server_ips / model_ips,
-        "mean_batch": images_total / max(forwards, 1),
-        "server_cpu_cores_busy": server_cpu,
-        "images_per_request": args.images_per_request,
-        "server_cpu_ms_per_image": 1000 * server_cpu / server_ips,
-        "ratio_per_server_core": server_ips / server_cpu / model_ips,
+        "images_per_request": 1,
+        "response_dim": dim,
+        "load_generator": "wrk" if native else "python-httpx (client-bound on 2 cores)",
+        "runs": [],
     }
+    for body in args.bodies:
+        request = request_bodies(files, body, dim)
+        bodies, ctype, path = request
+        for repeat in range(args.repeats):
+            model_before, model_cpu_before = model_throughput(encoder, x, args.model_seconds)
+            # enough whole batches in the window even when the shared machine is slow
+            duration = math.ceil(min(max(args.seconds, 12 * args.batch_size / model_before), 300))
+            port = free_port()
+            proc = start_server(checkpoint, args, port, workdir / "server.log")
+            url = f"http://127.0.0.1:{port}"
+            try:
+                for body_bytes in bodies[:2]:
+                    warm = httpx.post(
+                        url + path,
+                        content=body_bytes,
+                        headers={"content-type": ctype},
+                        timeout=300,
+                    )
+                    warm.raise_for_status()
+                metrics0 = httpx.get(url + "/metrics").text
+                probe, poller = HealthProbe(port), ForwardPoller(url)
+                probe.start()
+                poller.start()
+                load0 = os.getloadavg()
+                cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
+                if native:
+                    load = run_wrk(url, request, args, duration, workdir)
+                else:
+                    load = asyncio.run(run_python_client(url, request, args, duration))
+                busy = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - wall0)
+                for thread in (probe, poller):
+                    thread.done.set()
+                    thread.join()
+                load1 = os.getloadavg()
+                metrics1 = httpx.get(url + "/metrics").text
+            except Exception:
+                log = (workdir / "server.log").read_text()[-3000:]
+                print(f"bench: the run failed; the server's log ends with:\n{log}", file=sys.stderr)
+                raise
+            finally:
+                stop_server(proc)
+            model_after, model_cpu_after = model_throughput(encoder, x, args.model_seconds)
+            model_cpu = (model_cpu_before + model_cpu_after) / 2
+            ok = load["requests"] - load["non_2xx"] - load["errors"]
+            window_ips = ok / load["duration_s"]
+            steady_ips, batches = poller.rate()
+            server_ips = steady_ips if batches >= 3 else window_ips
+            model_ips = (model_before + model_after) / 2
+
+            def delta(name: str, m0: str = metrics0, m1: str = metrics1) -> float:
+                return metric_sum(m1, name) - metric_sum(m0, name)
+
+            forwards = delta("moco_model_forwards_total")
+            split = {}
+            for stage in ("queue", "preprocess", "inference"):
+                n = delta(f"moco_{stage}_seconds_count")
+                if n:
+                    split[f"{stage}_ms_mean"] = 1000 * delta(f"moco_{stage}_seconds_sum") / n
+            run = {
+                "body": body,
+                "repeat": repeat,
+                "loadavg_before": load0,
+                "loadavg_after": load1,
+                "model_images_per_s_before": model_before,
+                "model_images_per_s_after": model_after,
+                "model_images_per_s": model_ips,
+                "load_seconds": duration,
+                "server_images_per_s": server_ips,
+                "server_images_per_s_responses_in_window": window_ips,
+                "server_images_per_s_steady_batches": steady_ips,
+                "steady_batches_timed": batches,
+                "ratio_server_over_model": server_ips / model_ips,
+                "requests": load["requests"],
+                "failed_requests": load["non_2xx"] + load["errors"],
+                "latency_ms": {k[:-3]: load[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+                "mean_batch": delta("moco_batch_size_sum") / max(forwards, 1),
+                "server_cpu_cores_busy": busy,
+                "server_cpu_ms_per_image": 1000 * busy / window_ips,
+                "model_cpu_ms_per_image": model_cpu,
+                "ratio_cpu_model_over_server": model_cpu / (1000 * busy / window_ips),
+                "server_split": split,
+                "healthz": probe.summary(),
+            }
+            result["runs"].append(run)
+            print(
+                f"embed {name} {size}px {body}: server {server_ips:.0f} img/s / model "
+                f"{model_ips:.0f} img/s (before {model_before:.0f}, after {model_after:.0f}) = "
+                f"{run['ratio_server_over_model']:.2f}; p50 {load['p50_ms']:.1f} ms, p99 "
+                f"{load['p99_ms']:.1f} ms; mean batch {run['mean_batch']:.1f}; "
+                f"CPU/img server {run['server_cpu_ms_per_image']:.2f} ms, model {model_cpu:.2f} ms "
+                f"({busy:.2f} cores busy); "
+                f"/healthz p99 {run['healthz']['p99_ms']:.1f} ms; load {load0[0]:.1f}",
+                flush=True,
+            )
+    return result
+
+
+def encoding_sizes() -> list[dict]:
+    """Bytes of one /v1/embed answer per encoding_format, and of the float64-digit JSON the
+    server sent before (Python floats of the float32 values, as `json.dumps(x.tolist())`)."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for dim in (256, 2048):
+        x = rng.standard_normal((1, dim)).astype(np.float32)
+        x /= np.linalg.norm(x)
+        sizes = {
+            fmt: len(
+                FastJSON({"dim": dim, "encoding_format": fmt, "embeddings": encode(x, fmt)}).body
+            )
+            for fmt in ("float", "base64", "base64_float16")
+        }
+        old = len(json.dumps({"dim": dim, "embeddings": x.tolist()}, separators=(",", ":")))
+        rows.append(
+            {
+                "dim": dim,
+                "bytes": sizes,
+                "bytes_float64_digits_before": old,
+                "float_over_base64": sizes["float"] / sizes["base64"],
+                "float_over_base64_float16": sizes["float"] / sizes["base64_float16"],
+                "float64_digits_over_base64": old / sizes["base64"],
+            }
+        )
+    return rows
 
 
 def bench_search(args) -> dict:
@@ -232,55 +542,71 @@ def time_search(store, queries, dim, rerank_dim, k, shortlist=0):
     return (time.perf_counter() - start) / len(queries), ids
 
 
+def csv(kind):
+    return lambda s: [kind(v) for v in s.split(",")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/default/checkpoint.pt"))
+    p.add_argument("--models", type=csv(str), default=list(MODELS), help="convnet,resnet50")
+    p.add_argument("--bodies", type=csv(str), default=["json"], help="json,multipart")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--images-per-request", type=int, default=1)
     p.add_argument("--max-wait-ms", type=float, default=5)
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=10, help="load per run (>= 12 batches)")
+    p.add_argument("--model-seconds", type=float, default=4, help="bare model, before and after")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="server torch threads = bare model's")
+    p.add_argument("--wrk-threads", type=int, default=1)
+    p.add_argument("--python-client", action="store_true", help="httpx even if wrk is installed")
+    p.add_argument(
+        "--server-source", type=Path, help="serve this checkout's code (A/B against e.g. main)"
+    )
     p.add_argument("--items", type=int, default=200_000)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--dims", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64])
-    p.add_argument("--factors", type=lambda s: [int(v) for v in s.split(",")], default=[10, 40])
+    p.add_argument("--dims", type=csv(int), default=[16, 32, 64])
+    p.add_argument("--factors", type=csv(int), default=[10, 40])
     p.add_argument("--skip-embed", action="store_true")
+    p.add_argument("--skip-search", action="store_true")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     p.add_argument("--output", type=Path, default=RESULTS / "server.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if shutil.which("wrk") is None and not args.skip_embed:
+        print("bench: wrk not found (apt-get install wrk); using a Python client", file=sys.stderr)
     result = {
         "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "loadavg_start": os.getloadavg(),
+        "server_source": str(args.server_source or Path(__file__).resolve().parent.parent),
+        "note": "shared 2-core machine: absolute rates are noisy, ratios are measured in one run",
     }
-    if not args.skip_embed:
-        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            checkpoint = ensure_checkpoint(args.checkpoint, Path(tmp))
-            result["checkpoint_fingerprint"] = load_checkpoint(checkpoint).fingerprint
-            e = result["embed"] = bench_embed(args, checkpoint)
-        print(
-            f"embed: server {e['server_images_per_s']:.0f} img/s under {e['concurrency']} "
-            f"clients / model {e['model_images_per_s']:.0f} img/s at batch {e['batch_size']} "
-            f"= {e['ratio_server_over_model']:.2f} (mean batch {e['mean_batch']:.1f}); "
-            f"per busy server core "
-            f"{e['ratio_per_server_core']:.2f} ({e['server_cpu_cores_busy']:.2f} cores busy)"
-        )
-    s = result["search"] = bench_search(args)
-    print(
-        f"search: {s['items']} x {s['width']} ({s['index_mb']:.0f} MiB), exact full-dim "
-        f"{s['exact_ms_per_query']:.2f} ms/query"
-    )
-    for r in s["adaptive"]:
-        print(
-            f"  adaptive dim {r['dim']:>3} -> {r['rerank_dim']}, shortlist {r['shortlist']:>3}:"
-            f" {r['ms_per_query']:.2f} ms/query, {r['speedup_vs_exact']:.1f}x faster, "
-            f"recall@10 {r['recall_at_10']:.3f}"
-        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    result["encoding_sizes"] = encoding_sizes()
+    for row in result["encoding_sizes"]:
+        print(f"answer bytes at dim {row['dim']}: {row['bytes']}")
+    if not args.skip_embed:
+        result["embed"] = []
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            for name in args.models:
+                result["embed"].append(bench_embed(args, name, Path(tmp)))
+                args.output.write_text(json.dumps(result, indent=1) + "\n")  # partial results
+    if not args.skip_search:
+        s = result["search"] = bench_search(args)
+        print(
+            f"search: {s['items']} x {s['width']} ({s['index_mb']:.0f} MiB), exact full-dim "
+            f"{s['exact_ms_per_query']:.2f} ms/query"
+        )
+        for r in s["adaptive"]:
+            print(
+                f"  adaptive dim {r['dim']:>3} -> {r['rerank_dim']}, shortlist "
+                f"{r['shortlist']:>3}: {r['ms_per_query']:.2f} ms/query, "
+                f"{r['speedup_vs_exact']:.1f}x faster, recall@10 {r['recall_at_10']:.3f}"
+            )
+    result["loadavg_end"] = os.getloadavg()
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -17,7 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import openapi
-from server.errors import ApiError, MalformedBody
+from server.errors import ApiError, MalformedBody, describe
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from server.routes import ROUTERS
@@ -26,8 +24,6 @@ from server.settings import Settings
 
 log = logging.getLogger("server")
 
-# Parts of a pydantic error location that name a schema branch, not a field.
-SCHEMA_TAG = re.compile(r"^(?:\w+-(?:query|item)|constrained-\w+|function-.*|int|str)$")
 MALFORMED = (
     "the body cannot be parsed as {what} (invalid JSON, not UTF-8, nested too deep, "
     "or a multipart body without a boundary)"
@@ -38,17 +34,6 @@ def error(status: int, code: str, detail: str, headers: dict | None = None) -> J
     """The one error shape; the detail is made valid UTF-8 whatever the request held."""
     safe = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": code, "detail": safe}, status_code=status, headers=headers)
-
-
-def describe(errors: list[dict[str, Any]]) -> str:
-    """Pydantic errors as one readable line: 'body.k: Input should be a valid integer'."""
-    parts: dict[str, str] = {}  # one line per distinct message: the first place it occurs
-    for e in errors:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if not SCHEMA_TAG.match(str(p)))
-        loc = loc if len(loc) <= 80 else loc[:77] + "..."
-        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.setdefault(msg, f"{loc}: {msg}" if loc else msg)
-    return "; ".join(list(parts.values())[:5])
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from trainer.errors import UsageError
+
+# Parts of a pydantic error location that name a schema branch, not a field.
+SCHEMA_TAG = re.compile(r"^(?:\w+-(?:query|item)|constrained-\w+|function-.*|int|str)$")
 
 
 class ApiError(Exception):
@@ -27,6 +33,10 @@ class ImageTooLarge(ApiError):
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
 
 
 class Conflict(ApiError):
@@ -55,6 +65,17 @@ class NotReady(ApiError):
 
 class Overloaded(ApiError):
     status, code = 503, "overloaded"
+
+
+def describe(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors as one readable line: 'body.k: Input should be a valid integer'."""
+    parts: dict[str, str] = {}  # one line per distinct message: the first place it occurs
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if not SCHEMA_TAG.match(str(p)))
+        loc = loc if len(loc) <= 80 else loc[:77] + "..."
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.setdefault(msg, f"{loc}: {msg}" if loc else msg)
+    return "; ".join(list(parts.values())[:5])
 
 
 class IndexFolderError(UsageError):

@@ -51,15 +51,20 @@ def open_image(data: bytes, position: int, max_pixels: int) -> Image.Image:
     return image
 
 
-def preprocess_all(blobs: list[bytes], preprocess: EvalPreprocess, max_pixels: int) -> torch.Tensor:
-    """[n, 3, H, W] float, through the one preprocessing the evaluator uses."""
-    tensors = []
-    for i, data in enumerate(blobs):
-        image = open_image(data, i, max_pixels)
+def decode_into(
+    out: torch.Tensor, sources: list[bytes | str], first: int, pre: EvalPreprocess, max_pixels: int
+) -> None:
+    """Decode files (bytes, or base64 text) into `out` [n, 3, S, S] uint8, in place.
+
+    `first` is the position of sources[0] in its request, for the error message.
+    """
+    for i, source in enumerate(sources):
+        position = first + i
+        data = source if isinstance(source, bytes) else decode_base64(source, position)
+        image = open_image(data, position, max_pixels)
         try:
-            tensors.append(preprocess(image))
+            out[i] = pre.uint8(image)
         except Exception as e:
             raise BadInput(
-                f"image {i} could not be converted to RGB ({type(e).__name__})"
+                f"image {position} could not be converted to RGB ({type(e).__name__})"
             ) from None
-    return torch.stack(tensors)

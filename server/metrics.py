@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from server.batcher import Timing
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -39,5 +44,24 @@ class Metrics:
             registry=r,
             buckets=LATENCY_BUCKETS,
         )
+        self.stage_seconds = {
+            stage: Histogram(
+                f"moco_{stage}_seconds",
+                f"per embedding request: {what} (x-{stage}-time)",
+                registry=r,
+                buckets=LATENCY_BUCKETS,
+            )
+            for stage, what in (
+                ("queue", "waiting for a batch slot"),
+                ("preprocess", "decode + preprocess of its batch"),
+                ("inference", "model forward of its batch"),
+            )
+        }
         self.index_size = Gauge("moco_index_size", "live items in the index", registry=r)
         self.rejected = Counter("moco_rejected", "embed jobs refused (queue full)", registry=r)
+
+    def observe_timing(self, timing: Timing) -> None:
+        """The split sent in a response's x-*-time headers (search is in moco_search_seconds)."""
+        self.stage_seconds["queue"].observe(timing.queue)
+        self.stage_seconds["preprocess"].observe(timing.preprocess)
+        self.stage_seconds["inference"].observe(timing.inference)

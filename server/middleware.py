@@ -1,10 +1,12 @@
-"""Pure ASGI middleware: request metrics and timing (outermost), the request body limit."""
+"""Pure ASGI middleware: request metrics and timing headers (outermost), the body size limit."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
+from server.batcher import Timing
 from server.metrics import Metrics
 
 
@@ -15,12 +17,37 @@ async def send_json(send, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-class MetricsMiddleware:
-    """Counts every request by route template (not raw path: bounded label values).
+def record_timing(state: Any, timing: Timing | None, search_s: float | None = None) -> None:
+    """A route's split of its time (into request.state), for the headers and the histograms.
 
-    Also sends `Server-Timing: app;dur=<ms>` (time to the response headers), which the
-    search page shows as each column's server latency.
+    `timing` is None when nothing was embedded (a search by vectors): the headers say 0.
     """
+    state.timing = (timing, search_s)
+
+
+def timing_headers(total_s: float, recorded: tuple[Timing | None, float | None] | None) -> list:
+    """x-total-time (and the same as `Server-Timing: app;dur=<ms>`, which the search page
+    shows) always; the queue/preprocess/inference (and search) split when recorded."""
+    headers = [
+        (b"x-total-time", b"%.3f" % (1000 * total_s)),
+        (b"server-timing", b"app;dur=%.2f" % (1000 * total_s)),
+    ]
+    if recorded is not None:
+        timing, search_s = recorded
+        timing = timing or Timing()
+        headers += [
+            (b"x-queue-time", b"%.3f" % (1000 * timing.queue)),
+            (b"x-preprocess-time", b"%.3f" % (1000 * timing.preprocess)),
+            (b"x-inference-time", b"%.3f" % (1000 * timing.inference)),
+        ]
+        if search_s is not None:
+            headers.append((b"x-search-time", b"%.3f" % (1000 * search_s)))
+    return headers
+
+
+class MetricsMiddleware:
+    """Counts every request by route template (not raw path: bounded label values), adds the
+    x-*-time headers (TEI's names, in ms) and observes the same split in histograms."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -30,14 +57,17 @@ class MetricsMiddleware:
             return await self.app(scope, receive, send)
         status = 500
         start = time.perf_counter()
+        state = scope.setdefault("state", {})
 
         async def watch(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                took = 1000 * (time.perf_counter() - start)
-                timing = (b"server-timing", b"app;dur=%.2f" % took)
-                message = {**message, "headers": [*message.get("headers", []), timing]}
+                recorded = state.get("timing")
+                extra = timing_headers(time.perf_counter() - start, recorded)
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                if recorded is not None and recorded[0] is not None and status < 400:
+                    self.metrics.observe_timing(recorded[0])
             await send(message)
 
         try:

@@ -9,7 +9,7 @@ checked by `Service.check_*`. The MAX_* ceilings bound what an operator may conf
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -19,7 +19,10 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    field_validator,
 )
+
+from server.codec import EncodingFormat
 
 MAX_BATCH = 4096  # images, vectors or items in one request
 MAX_K = 10_000
@@ -119,14 +122,76 @@ def one_of(first: str, second: str, kind: str) -> Discriminator:
     )
 
 
+Encoding = Annotated[
+    EncodingFormat,
+    Field(
+        description="float: JSON numbers; base64: little-endian float32 bytes (as OpenAI); "
+        "base64_float16: little-endian float16 bytes (docs/SERVING.md has the layout)"
+    ),
+]
+
+
 class EmbedRequest(Strict):
     images: Images
     dim: Dim | None = Field(None, description="a nesting dim; default: the full dim")
+    encoding_format: Encoding = "float"
 
 
 class EmbedResponse(BaseModel):
     dim: int
-    embeddings: list[list[float]]
+    encoding_format: EncodingFormat = "float"
+    embeddings: list[list[float]] | list[str]
+
+
+class EmbeddingsRequest(Strict):
+    """OpenAI's POST /v1/embeddings body; `input` holds images (base64 or data: URLs)."""
+
+    input: Image64 | Annotated[list[Image64], Field(min_length=1, max_length=MAX_BATCH)] = Field(
+        description="one image or a list: base64 image files or data: URLs"
+    )
+    model: str = Field(max_length=256, description="the served model's name (GET /v1/models)")
+    dimensions: Dim | None = Field(None, description="a nesting dim; default: the full dim")
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _images_not_tokens(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(v, int | list) for v in value):
+            raise ValueError(
+                "this is an image model: input must be base64 images or data: URLs, not token ids"
+            )
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="images embedded (one 'token' per image)")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class SearchOptions(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,10 @@ import faiss
 import numpy as np
 import torch
 
-from server.batcher import Batcher
+from server.batcher import Batcher, Source, Timing
 from server.dims import read_dims_report
 from server.errors import BadInput, Conflict, NotFound
-from server.images import decode_base64, open_image, preprocess_all
+from server.images import decode_base64, decode_into, open_image
 from server.metrics import Metrics
 from server.schemas import (
     AddResponse,
@@ -25,7 +25,6 @@ from server.schemas import (
     DeleteResponse,
     DimInfo,
     DimsInfo,
-    EmbedResponse,
     Hit,
     ImageItem,
     ImageSearch,
@@ -44,7 +43,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.device import pick_device
 from trainer.model import load_encoder
 from trainer.nesting import truncate_normalize_np
-from trainer.preprocess import EvalPreprocess
+from trainer.preprocess import EvalPreprocess, normalize
 from trainer.search import gpu_count
 
 
@@ -57,6 +56,15 @@ class Checked:
     k: int
     shortlist: int | None
     vectors: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embeddings at the asked dim (unit L2 norm), and where the time went."""
+
+    dim: int
+    vectors: np.ndarray
+    timing: Timing
 
 
 class Service:
@@ -76,8 +84,11 @@ class Service:
         self.encoder = load_encoder(self.checkpoint, self.device)
         self.preprocess = EvalPreprocess.of(self.checkpoint.model)
         self.store = self.open_store() if settings.index_dir is not None else None
+        size = self.checkpoint.model.image_size
         self.batcher = Batcher(
+            self._decode,
             self._forward,
+            (3, size, size),
             self.metrics,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
@@ -99,9 +110,15 @@ class Service:
             options=self.settings.vector_options(gpu_count()),
         )
 
+    def _decode(self, out: torch.Tensor, sources: list[Source], first: int) -> None:
+        decode_into(out, sources, first, self.preprocess, self.settings.max_pixels)
+
     def _forward(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 batch -> raw embeddings; normalised once per batch, on the model's device."""
+        pre = self.preprocess
         with torch.inference_mode():
-            return self.encoder(images.to(self.device)).float().cpu().numpy()
+            x = normalize(images.to(self.device), pre.mean, pre.std)
+            return self.encoder(x).float().cpu().numpy()
 
     def _update_size(self) -> None:
         self.metrics.index_size.set(len(self.store) if self.store is not None else 0)
@@ -143,6 +160,7 @@ class Service:
         shortlist: int | None = None,
         vectors: list[list[float]] | None = None,
         full_dim_only: bool = False,
+        dim_name: str = "dim",
     ) -> Checked:
         """Every rule that depends on the checkpoint or the operator's limits, in one place.
 
@@ -151,7 +169,7 @@ class Service:
         limit = self.settings.max_images
         if n > limit:
             raise BadInput(f"batch too large: {n} {what}, the limit is {limit}")
-        dim = self._allowed_dim(dim, "dim")
+        dim = self._allowed_dim(dim, dim_name)
         if rerank_dim is not None:
             rerank_dim = self._allowed_dim(rerank_dim, "rerank_dim")
             if rerank_dim < dim:
@@ -216,13 +234,18 @@ class Service:
             read_only=self.settings.read_only,
         )
 
-    async def embed(self, images: list[str] | list[bytes], dim: int | None) -> EmbedResponse:
+    async def embed(
+        self, images: list[str] | list[bytes], dim: int | None, dim_name: str = "dim"
+    ) -> Embedded:
         """Base64 text (JSON) or raw file bytes (multipart) -> embeddings at `dim`."""
-        checked = self.check(len(images), "images", dim=dim)
-        raw = await self.embed_images(images)
-        return EmbedResponse(dim=checked.dim, embeddings=self.at_dim(raw, checked.dim).tolist())
+        checked = self.check(len(images), "images", dim=dim, dim_name=dim_name)
+        raw, timing = await self.embed_images(images)
+        return Embedded(checked.dim, self.at_dim(raw, checked.dim), timing)
 
-    async def search(self, body: ImageSearch | VectorSearch) -> SearchResponse:
+    async def search(
+        self, body: ImageSearch | VectorSearch
+    ) -> tuple[SearchResponse, Timing | None, float]:
+        """Results, the embedding's timing (None for vectors) and the search's seconds."""
         queries = body.images if isinstance(body, ImageSearch) else body.vectors
         c = self.check(
             len(queries),
@@ -242,11 +265,17 @@ class Service:
             nprobe=body.nprobe or self.settings.nprobe,
             ef_search=body.ef_search or self.settings.ef_search,
         )
-        x = c.vectors if c.vectors is not None else await self.embed_images(body.images)
+        timing = None
+        if c.vectors is not None:
+            x = c.vectors
+        else:
+            x, timing = await self.embed_images(body.images)
+        start = time.perf_counter()
         scores, rows, items = await self._search(
             x, c.k, c.dim, c.rerank_dim, c.shortlist, knobs, body.use_ann
         )
-        return SearchResponse(
+        searched = time.perf_counter() - start
+        response = SearchResponse(
             dim=c.dim,
             rerank_dim=c.rerank_dim,
             results=[
@@ -258,6 +287,7 @@ class Service:
                 for srow, rrow in zip(scores, rows, strict=True)
             ],
         )
+        return response, timing, searched
 
     def dims_info(self) -> DimsInfo:
         """Per nesting dim: the checkpoint's evaluated quality and the measured latency."""
@@ -299,7 +329,7 @@ class Service:
         thumbnails = {}
         if with_images:
             blobs = [it.image for it in items if isinstance(it, ImageItem)]
-            vectors[with_images] = await self.embed_images(blobs)
+            vectors[with_images], _ = await self.embed_images(blobs)
             made = await anyio.to_thread.run_sync(self._thumbnails, blobs)
             thumbnails = {ids[i]: t for i, t in zip(with_images, made, strict=True)}
         records = [{"id": it.id, "label": it.label, "metadata": it.metadata} for it in items]
@@ -343,16 +373,12 @@ class Service:
 
     # work ------------------------------------------------------------------------------
 
-    async def embed_images(self, images: list[str] | list[bytes]) -> np.ndarray:
-        """Full-dim raw embeddings of base64 text or raw image bytes."""
-        blobs = [
-            decode_base64(image, i) if isinstance(image, str) else image
-            for i, image in enumerate(images)
-        ]
-        x = await anyio.to_thread.run_sync(
-            preprocess_all, blobs, self.preprocess, self.settings.max_pixels
-        )
-        return await self.batcher.embed(x)
+    async def embed_images(self, images: Sequence[Source]) -> tuple[np.ndarray, Timing]:
+        """Full-dim raw embeddings of base64 text (data: URLs too) or raw image bytes.
+
+        Decoding happens in the batcher, per batch, off the event loop.
+        """
+        return await self.batcher.embed(list(images))
 
     def _thumbnails(self, images: list[str]) -> list[bytes]:
         """Thumbnails of base64 images that embedding has already accepted."""

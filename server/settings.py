@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         None, description="key required for index mutations (Bearer or X-API-Key)"
     )
     read_only: bool = Field(False, description="refuse index mutations (read replicas)")
+    model_name: str = Field(
+        "moco-matryoshka", description="the `model` OpenAI clients name (/v1/embeddings)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model device")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = half the cores")
     faiss_threads: int = Field(0, ge=0, description="FAISS OpenMP threads; 0 = half the cores")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import time
 
 import numpy as np
@@ -110,6 +111,61 @@ def test_embed_multipart(client, tiny_dataset):
     assert emb.shape == (2, 16)
     js = client.post("/v1/embed", json={"images": [png_b64(image)], "dim": 16}).json()
     np.testing.assert_allclose(emb[0], js["embeddings"][0], atol=1e-6)
+
+
+def test_encoding_formats_decode_to_the_float_embeddings(client, tiny_dataset):
+    images = [png_b64(row["image"]) for row in split(tiny_dataset, "test").select(range(4))]
+    for dim in (16, None):
+        bodies = {
+            fmt: client.post(
+                "/v1/embed", json={"images": images, "dim": dim, "encoding_format": fmt}
+            )
+            for fmt in ("float", "base64", "base64_float16")
+        }
+        assert all(r.status_code == 200 for r in bodies.values())
+        d = dim or NESTING[-1]
+        ref = np.array(bodies["float"].json()["embeddings"], dtype=np.float32)
+        # the documented layout: d little-endian float32 (or float16) values per string
+        f32 = bodies["base64"].json()
+        assert f32["encoding_format"] == "base64" and f32["dim"] == d
+        raw = [base64.b64decode(text) for text in f32["embeddings"]]
+        assert all(len(b) == 4 * d for b in raw)
+        assert np.array_equal(np.array([struct.unpack(f"<{d}f", b) for b in raw], "f4"), ref)
+        f16 = [base64.b64decode(t) for t in bodies["base64_float16"].json()["embeddings"]]
+        half = np.array([struct.unpack(f"<{d}e", b) for b in f16], dtype=np.float32)
+        assert np.array_equal(half, ref.astype(np.float16).astype(np.float32))
+        np.testing.assert_allclose(half, ref, atol=1e-3)
+    sizes = {fmt: len(r.content) for fmt, r in bodies.items()}  # at the full dim
+    assert sizes["float"] >= 2 * sizes["base64"] and sizes["float"] >= 3.5 * sizes["base64_float16"]
+    files = [("files", ("a.png", base64.b64decode(images[0]), "image/png"))]
+    r = client.post("/v1/embed/files", files=files, data={"encoding_format": "base64"})
+    upload = np.frombuffer(base64.b64decode(r.json()["embeddings"][0]), dtype="<f4")
+    np.testing.assert_allclose(upload, ref[0], atol=1e-6)  # batch of 1 vs 4: float order
+    r = client.post("/v1/embed", json={"images": images[:1], "encoding_format": "base32"})
+    assert r.status_code == 422 and "encoding_format" in r.json()["detail"]
+
+
+def test_timing_headers_and_histograms(client, tiny_dataset):
+    image = png_b64(split(tiny_dataset)[0]["image"])
+    stages = ("x-queue-time", "x-preprocess-time", "x-inference-time")
+    for path, body in (
+        ("/v1/embed", {"images": [image]}),
+        ("/v1/search", {"images": [image], "k": 2}),
+    ):
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        split_ms = [float(r.headers[h]) for h in stages]
+        assert all(v >= 0 for v in split_ms) and float(r.headers["x-inference-time"]) > 0
+        assert sum(split_ms) <= float(r.headers["x-total-time"]) + 0.01
+    assert float(r.headers["x-search-time"]) > 0
+    r = client.post("/v1/search", json={"vectors": [[0.1] * 64], "k": 2})
+    assert float(r.headers["x-inference-time"]) == 0 and "x-search-time" in r.headers
+    r = client.post("/v1/embed", json={"images": [image], "dim": 12})
+    assert r.status_code == 422 and "x-total-time" in r.headers and "x-queue-time" not in r.headers
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    for stage in ("queue", "preprocess", "inference"):
+        count = [s for s in families[f"moco_{stage}_seconds"].samples if s.name.endswith("_count")]
+        assert count[0].value == 2, stage  # the two embedding requests, not the vector search
 
 
 def test_search_with_database_image_returns_it_first(client, tiny_dataset):

@@ -1,4 +1,5 @@
-"""Against a real `python -m server` (uvicorn) on 127.0.0.1: batching, kill -9 durability."""
+"""Against a real `python -m server` (uvicorn) on 127.0.0.1: batching, kill -9 durability,
+the official `openai` client on /v1/embeddings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_server_helpers import (
@@ -137,3 +139,41 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path):
         [sys.executable, "-m", "server", "--port", "nope"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "--port" in r.stderr
+
+
+def test_openai_client_embeddings_and_its_error_handling(serve, checkpoint, tiny_dataset):
+    server = serve(None)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    ds = split(tiny_dataset, "test").select(range(3))
+    ref = truncate_normalize_np(evaluator_embeddings(checkpoint, ds), 16)
+    images = [png_b64(row["image"]) for row in ds]
+    inputs = [images[0], "data:image/png;base64," + images[1], images[2]]
+
+    assert [m.id for m in client.models.list()] == ["moco-matryoshka"]
+    # the client asks for base64 by default and decodes little-endian float32 itself
+    r = client.embeddings.create(input=inputs, model="moco-matryoshka", dimensions=16)
+    assert r.object == "list" and r.model == "moco-matryoshka"
+    assert [d.index for d in r.data] == [0, 1, 2]
+    assert r.usage.prompt_tokens == r.usage.total_tokens == 3
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    floats = client.embeddings.create(
+        input=inputs, model="moco-matryoshka", dimensions=16, encoding_format="float"
+    )
+    assert np.array_equal(np.array([d.embedding for d in floats.data], dtype=np.float32), got)
+    one = client.embeddings.create(input=images[0], model="moco-matryoshka")
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 64  # the full dim
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.embeddings.create(input=images[0], model="moco-matryoshka", dimensions=12)
+    assert bad.value.status_code == 400 and bad.value.param == "dimensions"
+    assert "dimensions 12 is not allowed; allowed dims: 8, 16, 32, 64" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.embeddings.create(input="not an image", model="moco-matryoshka")
+    assert bad.value.param == "input" and "image 0 is not valid base64" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.embeddings.create(input=[[1, 2, 3]], model="moco-matryoshka")
+    assert "not token ids" in bad.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(input=images[0], model="text-embedding-3-small")
+    assert missing.value.code == "model_not_found" and "moco-matryoshka" in missing.value.message

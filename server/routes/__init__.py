@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routes import dims, embed, health, index_items, items, model, page, search
+from server.routes import dims, embed, health, index_items, items, model, openai, page, search
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -15,4 +15,5 @@ ROUTERS: list[APIRouter] = [
     index_items.router,
     items.router,
     page.router,
+    openai.router,
 ]

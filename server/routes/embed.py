@@ -4,23 +4,38 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
+from server.codec import FastJSON, encode
+from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonBody, ServiceDep
-from server.schemas import Dim, EmbedRequest, EmbedResponse
+from server.schemas import Dim, EmbedRequest, EmbedResponse, Encoding
+from server.service import Embedded
 
 router = APIRouter(tags=["embed"], responses=ERRORS)
 
 
-@router.post("/v1/embed", dependencies=[JsonBody])
-async def embed(body: EmbedRequest, svc: ServiceDep) -> EmbedResponse:
-    return await svc.embed(body.images, body.dim)
+def answer(request: Request, out: Embedded, fmt: str) -> FastJSON:
+    """Encoded straight from the array by orjson (the response model documents the shape)."""
+    record_timing(request.state, out.timing)
+    return FastJSON(
+        {"dim": out.dim, "encoding_format": fmt, "embeddings": encode(out.vectors, fmt)}
+    )
 
 
-@router.post("/v1/embed/files")
+@router.post("/v1/embed", dependencies=[JsonBody], response_model=EmbedResponse)
+async def embed(body: EmbedRequest, request: Request, svc: ServiceDep) -> FastJSON:
+    out = await svc.embed(body.images, body.dim)
+    return answer(request, out, body.encoding_format)
+
+
+@router.post("/v1/embed/files", response_model=EmbedResponse)
 async def embed_files(
     files: Annotated[list[UploadFile], File(description="image files (PNG, JPEG, ...)")],
+    request: Request,
     svc: ServiceDep,
     dim: Annotated[Dim | None, Form(description="a nesting dim; default: the full dim")] = None,
-) -> EmbedResponse:
-    return await svc.embed([await f.read() for f in files], dim)
+    encoding_format: Annotated[Encoding, Form()] = "float",
+) -> FastJSON:
+    out = await svc.embed([await f.read() for f in files], dim)
+    return answer(request, out, encoding_format)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
+from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonBody, ServiceDep
 from server.schemas import SearchRequest, SearchResponse
 
@@ -11,5 +12,7 @@ router = APIRouter(tags=["search"], responses=ERRORS)
 
 
 @router.post("/v1/search", dependencies=[JsonBody])
-async def search(body: SearchRequest, svc: ServiceDep) -> SearchResponse:
-    return await svc.search(body)
+async def search(body: SearchRequest, request: Request, svc: ServiceDep) -> SearchResponse:
+    response, timing, search_s = await svc.search(body)
+    record_timing(request.state, timing, search_s)
+    return response

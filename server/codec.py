@@ -1,0 +1,46 @@
+"""Embeddings on the wire: JSON floats or base64 of little-endian IEEE-754 bytes, via orjson.
+
+Byte layout of `base64` (as OpenAI's API): one string per embedding, standard base64 (RFC 4648,
+`+/` alphabet, `=` padding) of its `dim` values as little-endian float32, 4 bytes each, in
+dimension order. `base64_float16`: the same with little-endian IEEE half precision, 2 bytes
+each (values are unit-norm components, well inside float16's range; ~3 significant digits).
+Decode: `np.frombuffer(base64.b64decode(s), dtype="<f4")` (or `"<f2"`).
+`float` prints each float32 with the fewest digits that read back as the same float32.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from fastapi.responses import Response
+
+EncodingFormat = Literal["float", "base64", "base64_float16"]
+DTYPES = {"base64": np.dtype("<f4"), "base64_float16": np.dtype("<f2")}
+
+
+def encode(x: np.ndarray, fmt: EncodingFormat) -> np.ndarray | list[str]:
+    """[n, d] float32 -> what goes in the JSON: the array itself (float) or n base64 strings."""
+    if fmt == "float":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    raw = np.ascontiguousarray(x, dtype=DTYPES[fmt])
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
+
+
+def decode(values: list[float] | str, fmt: EncodingFormat) -> np.ndarray:
+    """One embedding back from the wire (what a client does), as float32."""
+    if fmt == "float":
+        return np.asarray(values, dtype=np.float32)
+    assert isinstance(values, str)
+    return np.frombuffer(base64.b64decode(values), dtype=DTYPES[fmt]).astype(np.float32)
+
+
+class FastJSON(Response):
+    """JSON rendered by orjson, numpy arrays included, with no per-float Python objects."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
