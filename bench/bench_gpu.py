@@ -352,22 +352,23 @@ def bench_server(p: Profile, checkpoint: Path, folder: Path, out: dict) -> None:
     os.environ.update(server_env(p))
     service = Service(Settings(checkpoint=checkpoint))
     blobs = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))[: p.batch_size]]
-    from server.images import preprocess_all
+    from server.images import decode_into
 
-    x = preprocess_all(blobs, service.preprocess, service.settings.max_pixels)
+    size = service.preprocess.image_size
+    x = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8)  # the batcher's uint8 batch
+    decode_into(x, blobs, 0, service.preprocess, service.settings.max_pixels)
     bare = rate(lambda: len(service.batcher.forward_fn(x)), p.seconds, device)
-    chunks = x.split(p.per_request)
     requests = [blobs[i : i + p.per_request] for i in range(0, len(blobs), p.per_request)]
 
     async def in_process() -> tuple[float, float]:
         await service.batcher.start()
         try:
-
+            # the batcher decodes per batch now: both paths take the JPEG bytes
             async def tensors(w: int) -> int:
-                return len(await service.batcher.embed(chunks[w % len(chunks)]))
+                return len((await service.batcher.embed(requests[w % len(requests)]))[0])
 
             async def jpegs(w: int) -> int:
-                return len(await service.embed_images(requests[w % len(requests)]))
+                return len((await service.embed_images(requests[w % len(requests)]))[0])
 
             return (
                 await _concurrent(tensors, p.concurrency, p.seconds),
