@@ -11,13 +11,14 @@ Decode: `np.frombuffer(base64.b64decode(s), dtype="<f4")` (or `"<f2"`).
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
 from fastapi.responses import Response
 
-EncodingFormat = Literal["float", "base64", "base64_float16"]
+from server.schemas import EncodingFormat
+
 DTYPES = {"base64": np.dtype("<f4"), "base64_float16": np.dtype("<f2")}
 
 

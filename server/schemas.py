@@ -22,8 +22,6 @@ from pydantic import (
     field_validator,
 )
 
-from server.codec import EncodingFormat
-
 MAX_BATCH = 4096  # images, vectors or items in one request
 MAX_K = 10_000
 MAX_DIM = 65_536
@@ -122,6 +120,7 @@ def one_of(first: str, second: str, kind: str) -> Discriminator:
     )
 
 
+EncodingFormat = Literal["float", "base64", "base64_float16"]  # layouts: server/codec.py
 Encoding = Annotated[
     EncodingFormat,
     Field(
