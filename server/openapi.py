@@ -51,6 +51,9 @@ def narrow(spec: dict[str, Any], svc: Service) -> None:
         ("AddRequest", "items"),
     ):
         schemas[name]["properties"][field]["maxItems"] = settings.max_images
+    openai = schemas["EmbeddingsRequest"]["properties"]
+    openai["model"] = {"type": "string", "enum": [settings.model_name], "title": "Model"}
+    openai["dimensions"]["anyOf"][0] = {"type": "integer", "enum": svc.nesting_list}
     full = {"minItems": svc.full_dim, "maxItems": svc.full_dim}
     schemas["VectorSearch"]["properties"]["vectors"]["items"].update(full)
     schemas["VectorItem"]["properties"]["vector"].update(full)

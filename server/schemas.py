@@ -376,3 +376,16 @@ class Status(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     detail: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape, answered by the OpenAI-compatible routes."""
+
+    error: OpenAIErrorDetail

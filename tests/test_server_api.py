@@ -430,3 +430,22 @@ def test_rebuilding_an_index_keeps_it_or_refuses_another_checkpoint(
         build_index_folder(other, tiny_dataset, "train", out, limit=40)
     rebuilt = build_index_folder(other, tiny_dataset, "train", out, limit=40, force=True)
     assert rebuilt["count"] == 40 and "skipped" not in rebuilt
+
+
+def test_openai_route_errors_keep_openai_shape_and_schema(client):
+    """Bodies that fail before the handler (not UTF-8, bad JSON) still answer OpenAI's shape,
+    and the schema documents that shape and the one served model name."""
+    for body in (b"\x02\xff:\xfe\x13", b"{not json"):
+        r = client.post(
+            "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert isinstance(err, dict) and err["type"] == "invalid_request_error", r.text
+        assert err["message"]
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/v1/embeddings"]["post"]
+    ref = op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/OpenAIErrorBody")
+    model = spec["components"]["schemas"]["EmbeddingsRequest"]["properties"]["model"]
+    assert model["enum"] == [client.get("/v1/models").json()["data"][0]["id"]]

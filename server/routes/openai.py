@@ -13,12 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from server.codec import FastJSON, encode
-from server.errors import ApiError, ModelNotFound, describe
+from server.errors import ApiError, MalformedBody, ModelNotFound, describe
 from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonBody, ServiceDep
-from server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList
+from server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, OpenAIErrorBody
 
 # the first word of our messages -> the request field it is about
 PARAMS = {"dimensions": "dimensions", "image": "input", "batch": "input", "model": "model"}
@@ -50,11 +51,15 @@ class OpenAIErrors(APIRoute):
                 status = 400 if e.status == 422 else e.status
                 param = PARAMS.get(e.message.split(" ", 1)[0])
                 return openai_error(status, e.message, e.code, param, e.headers)
+            except HTTPException as e:  # FastAPI's "error parsing the body" (e.g. not UTF-8)
+                message = "the body cannot be parsed as JSON (invalid JSON or not UTF-8)"
+                return openai_error(e.status_code, message, MalformedBody.code, None)
 
         return route
 
 
-router = APIRouter(tags=["openai"], responses=ERRORS, route_class=OpenAIErrors)
+OPENAI_ERRORS = {code: {"model": OpenAIErrorBody} for code in ERRORS}
+router = APIRouter(tags=["openai"], responses=OPENAI_ERRORS, route_class=OpenAIErrors)
 
 
 @router.post("/v1/embeddings", dependencies=[JsonBody], response_model=EmbeddingsResponse)
