@@ -5,11 +5,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from search_reference import funnel_search, search
 from test_server_helpers import matryoshka_vectors
 
 from trainer import ann as ann_module
 from trainer.ann import AnnIndex, SearchKnobs, build_ann
-from trainer.search import funnel_search, rerank, scan_top_k, search
+from trainer.search import rerank, scan_top_k
 
 N, WIDTH, DIM = 4000, 64, 16
 

