@@ -30,14 +30,6 @@ def encode(x: np.ndarray, fmt: EncodingFormat) -> np.ndarray | list[str]:
     return [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
 
 
-def decode(values: list[float] | str, fmt: EncodingFormat) -> np.ndarray:
-    """One embedding back from the wire (what a client does), as float32."""
-    if fmt == "float":
-        return np.asarray(values, dtype=np.float32)
-    assert isinstance(values, str)
-    return np.frombuffer(base64.b64decode(values), dtype=DTYPES[fmt]).astype(np.float32)
-
-
 class FastJSON(Response):
     """JSON rendered by orjson, numpy arrays included, with no per-float Python objects."""
 
