@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from server.codec import FastJSON, encode
+from server.runtime import serving_encoder
 from server.store import IndexStore, write_generation
 from trainer import shapes
 from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -124,6 +125,28 @@ def model_throughput(encoder, x: torch.Tensor, seconds: float) -> tuple[float, f
             encoder(x)
             n += len(x)
     return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
+
+
+def gil_sensitivity(models: dict, x: torch.Tensor, seconds: float) -> dict:
+    """Bare model images/s alone and next to one Python thread that never lets go of the GIL
+    voluntarily (what the event loop is under load): why the server runs a traced model."""
+    out = {}
+    for name, model in models.items():
+        alone, _ = model_throughput(model, x, seconds)
+        stop = threading.Event()
+
+        def spin(stop: threading.Event = stop) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+
+        spinner = threading.Thread(target=spin, daemon=True)
+        spinner.start()
+        beside, _ = model_throughput(model, x, seconds)
+        stop.set()
+        spinner.join()
+        out[name] = {"alone_images_per_s": alone, "next_to_busy_thread_images_per_s": beside}
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -308,6 +331,7 @@ def start_server(checkpoint: Path, args, port: int, log: Path) -> subprocess.Pop
         "MOCO_MAX_BATCH_SIZE": str(args.batch_size),
         "MOCO_MAX_WAIT_MS": str(args.max_wait_ms),
         "MOCO_MAX_QUEUE": "1024",
+        "MOCO_MODEL_RUNTIME": args.model_runtime,
     }
     source = args.server_source  # A/B: serve another checkout's code (`-m` imports from cwd)
     if source is not None:
@@ -346,6 +370,8 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
     encoder = load_encoder(ckpt, "cpu")
     pre = EvalPreprocess.of(ckpt.model)
     x = torch.stack([pre(images[i % len(images)]) for i in range(args.batch_size)])
+    traced = serving_encoder(encoder, size, torch.device("cpu"), "torchscript")
+    model = {"eager": encoder, "torchscript": traced}[args.model_runtime]
     dim = ckpt.model.full_dim
     native = shutil.which("wrk") is not None and not args.python_client
     result = {
@@ -358,6 +384,10 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
         "torch_threads": args.threads,
+        "model_runtime": args.model_runtime,
+        "gil": gil_sensitivity(
+            {"eager": encoder, "torchscript": traced}, x, args.model_seconds / 2
+        ),
         "images_per_request": 1,
         "response_dim": dim,
         "load_generator": "wrk" if native else "python-httpx (client-bound on 2 cores)",
@@ -367,7 +397,7 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
         request = request_bodies(files, body, dim)
         bodies, ctype, path = request
         for repeat in range(args.repeats):
-            model_before, model_cpu_before = model_throughput(encoder, x, args.model_seconds)
+            model_before, model_cpu_before = model_throughput(model, x, args.model_seconds)
             # enough whole batches in the window even when the shared machine is slow
             duration = math.ceil(min(max(args.seconds, 12 * args.batch_size / model_before), 300))
             port = free_port()
@@ -404,7 +434,7 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                 raise
             finally:
                 stop_server(proc)
-            model_after, model_cpu_after = model_throughput(encoder, x, args.model_seconds)
+            model_after, model_cpu_after = model_throughput(model, x, args.model_seconds)
             model_cpu = (model_cpu_before + model_cpu_after) / 2
             ok = load["requests"] - load["non_2xx"] - load["errors"]
             window_ips = ok / load["duration_s"]
@@ -557,6 +587,13 @@ def main() -> None:
     p.add_argument("--model-seconds", type=float, default=4, help="bare model, before and after")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="server torch threads = bare model's")
+    p.add_argument(
+        "--model-runtime",
+        choices=["torchscript", "eager"],
+        default="torchscript",
+        help="the server's MOCO_MODEL_RUNTIME, and the bare model's (eager for a server-source "
+        "that predates it)",
+    )
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--python-client", action="store_true", help="httpx even if wrk is installed")
     p.add_argument(

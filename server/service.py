@@ -19,6 +19,7 @@ from server.dims import read_dims_report
 from server.errors import BadInput, Conflict, NotFound
 from server.images import decode_base64, decode_into, open_image
 from server.metrics import Metrics
+from server.runtime import serving_encoder
 from server.schemas import (
     AddResponse,
     AnnInfo,
@@ -83,6 +84,9 @@ class Service:
         self.device = pick_device(settings.device)
         self.encoder = load_encoder(self.checkpoint, self.device)
         self.preprocess = EvalPreprocess.of(self.checkpoint.model)
+        self.model = serving_encoder(
+            self.encoder, self.checkpoint.model.image_size, self.device, settings.model_runtime
+        )
         self.store = self.open_store() if settings.index_dir is not None else None
         size = self.checkpoint.model.image_size
         self.batcher = Batcher(
@@ -118,7 +122,7 @@ class Service:
         pre = self.preprocess
         with torch.inference_mode():
             x = normalize(images.to(self.device), pre.mean, pre.std)
-            return self.encoder(x).float().cpu().numpy()
+            return self.model(x).float().cpu().numpy()
 
     def _update_size(self) -> None:
         self.metrics.index_size.set(len(self.store) if self.store is not None else 0)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.runtime import Runtime
 from server.schemas import MAX_BATCH, MAX_K
 from server.vectors import VectorOptions
 
@@ -51,11 +52,19 @@ class Settings(BaseSettings):
         "moco-matryoshka", description="the `model` OpenAI clients name (/v1/embeddings)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model device")
+    model_runtime: Runtime = Field(
+        "torchscript",
+        description="torchscript: a frozen trace whose forward runs without the GIL, so HTTP "
+        "work does not stall it; eager: the nn.Module as trained",
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = half the cores")
     faiss_threads: int = Field(0, ge=0, description="FAISS OpenMP threads; 0 = half the cores")
     max_batch_size: int = Field(32, ge=1, description="images per batched model forward")
     max_wait_ms: float = Field(5.0, ge=0, description="wait this long to fill a batch")
     max_queue: int = Field(64, ge=1, description="embed requests waiting; beyond -> 503")
+    access_log: bool = Field(
+        False, description="one log line per request (uvicorn's; ~40 us of CPU per request)"
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
     max_images: int = Field(64, ge=1, le=MAX_BATCH, description="images (or vectors) per request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit")
