@@ -109,17 +109,20 @@ class Batcher:
         for job in jobs:
             self._queue.put_nowait(job)
         self.metrics.queue_depth.set(self._queue.qsize())
-        results = await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        if len(jobs) == 1:  # most requests: no gather (it costs a future and callbacks)
+            results = [await jobs[0].future]
+        else:
+            results = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
         preprocess = sum(t.preprocess for _, t in results)
         inference = sum(t.inference for _, t in results)
         waited = time.perf_counter() - jobs[0].enqueued - preprocess - inference
         timing = Timing(max(waited, 0.0), preprocess, inference)
         return np.concatenate([out for out, _ in results]), timing
 
-    async def _next_batch(self, running: asyncio.Task | None) -> list[_Job]:
+    async def _next_batch(self, running: asyncio.Future | None) -> list[_Job]:
         """Jobs until the batch is full or max_wait has passed, and while the previous
         forward runs (the model is busy, so sealing a partial batch early gains nothing)."""
         queue = self._queue
@@ -171,17 +174,20 @@ class Batcher:
             row += n
         return _Prepared(out[:row], ok, failed, start, time.perf_counter())
 
-    async def _forward(self, batch: _Prepared) -> None:
-        loop = asyncio.get_running_loop()
+    def _timed_forward(self, images: torch.Tensor) -> tuple[np.ndarray, float, float]:
         start = time.perf_counter()
+        out = self.forward_fn(images)
+        return out, start, time.perf_counter()
+
+    async def _answer(self, batch: _Prepared, forward: asyncio.Future) -> None:
+        """Resolve the batch's requests once its forward is done."""
         try:
-            out = await loop.run_in_executor(self._model, self.forward_fn, batch.images)
+            out, start, end = await forward
         except Exception as e:
             for job in batch.jobs:
                 if not job.future.done():
                     job.future.set_exception(e)
             return
-        end = time.perf_counter()
         self.forwards += 1
         self.metrics.forwards.inc()
         self.metrics.batch_size.observe(len(batch.images))
@@ -196,8 +202,12 @@ class Batcher:
             row += n
 
     async def _run(self) -> None:
+        """Collect, decode, forward. The loop waits on the model's own future, not on the
+        task answering its batch: when a forward ends, the next one is handed to the model
+        thread before the event loop writes the 32 answers (~4 ms of idle model otherwise)."""
         loop = asyncio.get_running_loop()
-        running: asyncio.Task | None = None
+        running: asyncio.Future | None = None
+        answering: set[asyncio.Task] = set()
         try:
             while True:
                 live = [job for job in await self._next_batch(running) if not job.future.done()]
@@ -214,10 +224,14 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(error)
                 if running is not None:
-                    await running
+                    with contextlib.suppress(Exception):  # its task answers its requests
+                        await running  # directly: woken right after that task, before answers
                 running = None
                 if batch.jobs:
-                    running = asyncio.create_task(self._forward(batch), name="forward")
+                    running = loop.run_in_executor(self._model, self._timed_forward, batch.images)
+                    task = asyncio.create_task(self._answer(batch, running), name="answer")
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
         finally:
-            if running is not None:
-                running.cancel()
+            for task in answering:
+                task.cancel()
