@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from server.codec import FastJSON, encode
 from server.middleware import record_timing
-from server.routes.deps import ERRORS, JsonBody, ServiceDep
+from server.routes.deps import ERRORS, JsonService, ServiceDep
 from server.schemas import Dim, EmbedRequest, EmbedResponse, Encoding
 from server.service import Embedded
 
@@ -23,8 +23,8 @@ def answer(request: Request, out: Embedded, fmt: str) -> FastJSON:
     )
 
 
-@router.post("/v1/embed", dependencies=[JsonBody], response_model=EmbedResponse)
-async def embed(body: EmbedRequest, request: Request, svc: ServiceDep) -> FastJSON:
+@router.post("/v1/embed", response_model=EmbedResponse)
+async def embed(body: EmbedRequest, request: Request, svc: JsonService) -> FastJSON:
     out = await svc.embed(body.images, body.dim)
     return answer(request, out, body.encoding_format)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routes.deps import ERRORS, JsonBody, ServiceDep, Writer
+from server.routes.deps import ERRORS, JsonService, ServiceDep, Writer
 from server.schemas import AddRequest, AddResponse, DeleteResponse, ItemId
 
 router = APIRouter(tags=["index"], responses=ERRORS, dependencies=[Writer])
 
 
-@router.post("/v1/index/items", dependencies=[JsonBody])
-async def add_items(body: AddRequest, svc: ServiceDep) -> AddResponse:
+@router.post("/v1/index/items")
+async def add_items(body: AddRequest, svc: JsonService) -> AddResponse:
     return await svc.add_items(body.items)
 
 

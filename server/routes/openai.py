@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from server.codec import FastJSON, encode
 from server.errors import ApiError, MalformedBody, ModelNotFound, describe
 from server.middleware import record_timing
-from server.routes.deps import ERRORS, JsonBody, ServiceDep
+from server.routes.deps import ERRORS, JsonService, ServiceDep
 from server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, OpenAIErrorBody
 
 # the first word of our messages -> the request field it is about
@@ -62,8 +62,8 @@ OPENAI_ERRORS = {code: {"model": OpenAIErrorBody} for code in ERRORS}
 router = APIRouter(tags=["openai"], responses=OPENAI_ERRORS, route_class=OpenAIErrors)
 
 
-@router.post("/v1/embeddings", dependencies=[JsonBody], response_model=EmbeddingsResponse)
-async def embeddings(body: EmbeddingsRequest, request: Request, svc: ServiceDep) -> FastJSON:
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse)
+async def embeddings(body: EmbeddingsRequest, request: Request, svc: JsonService) -> FastJSON:
     served = svc.settings.model_name
     if body.model != served:
         raise ModelNotFound(

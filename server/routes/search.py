@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from server.middleware import record_timing
-from server.routes.deps import ERRORS, JsonBody, ServiceDep
+from server.routes.deps import ERRORS, JsonService
 from server.schemas import SearchRequest, SearchResponse
 
 router = APIRouter(tags=["search"], responses=ERRORS)
 
 
-@router.post("/v1/search", dependencies=[JsonBody])
-async def search(body: SearchRequest, request: Request, svc: ServiceDep) -> SearchResponse:
+@router.post("/v1/search")
+async def search(body: SearchRequest, request: Request, svc: JsonService) -> SearchResponse:
     response, timing, search_s = await svc.search(body)
     record_timing(request.state, timing, search_s)
     return response
