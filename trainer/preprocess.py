@@ -50,8 +50,13 @@ def decode_rgb(image: Image.Image | np.ndarray | dict) -> Image.Image:
 def resize_center_crop(image: Image.Image, size: int) -> torch.Tensor:
     """RGB PIL image -> uint8 tensor [3, size, size]: shorter side to `size`, centre crop."""
     t = F.pil_to_tensor(image)
-    t = F.resize(t, [size], antialias=True)
-    return F.center_crop(t, [size, size])
+    if min(t.shape[-2:]) != size:  # both calls return their input at the right size already
+        t = F.resize(t, [size], antialias=True)
+    return center_crop(t, size)
+
+
+def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
+    return t if t.shape[-2:] == (size, size) else F.center_crop(t, [size, size])
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -77,7 +82,7 @@ class EvalPreprocess:
 
     def uint8(self, image: Image.Image | np.ndarray | dict) -> torch.Tensor:
         t = resize_center_crop(decode_rgb(image), stored_size(self.image_size))
-        return F.center_crop(t, [self.image_size, self.image_size])
+        return center_crop(t, self.image_size)
 
     def __call__(self, image: Image.Image | np.ndarray | dict) -> torch.Tensor:
         return normalize(self.uint8(image), self.mean, self.std)
