@@ -38,13 +38,17 @@ def frame_name(frame: str) -> str:
     return f"{name} ({path.split('/work/wt/')[-1]})"
 
 
-def role(frames: list[str]) -> str:
-    """Which of the server's threads a stack is from."""
+def role(thread: str, frames: list[str]) -> str:
+    """Which of the server's threads a stack is from (py-spy names them by thread name)."""
     joined = ";".join(frames)
     if "Runner.run (asyncio/runners.py)" in joined:
         return "event loop (HTTP, JSON, routing)"
     if "WorkerThread.run" in joined:
         return "anyio worker threads"
+    if "decode_" in thread:
+        return "batcher decode thread"
+    if "model_" in thread:
+        return "batcher model thread"
     if "concurrent/futures/thread.py" in joined:
         return "batcher thread pool (model, batch decode)"
     return "other"
@@ -59,13 +63,15 @@ def summarize(collapsed: str, top: int) -> str:
         if not stack:
             continue
         n = int(count)
-        frames = [frame_name(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        thread, *rest = stack.split(";")
+        frames = [frame_name(f) for f in rest]
         if not frames:
             continue
         total += n
         own[frames[-1]] += n
-        roles[role(frames)] += n
-        if role(frames).startswith("event loop"):
+        where = role(thread, frames)
+        roles[where] += n
+        if where.startswith("event loop"):
             # the event loop's time by the first frame of ours or of a library's entry point
             ours = [f for f in frames if "server/" in f or "fastapi/" in f or "starlette/" in f]
             loop_own[ours[-1] if ours else frames[-1]] += n
@@ -91,8 +97,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model-runtime", choices=["torchscript", "eager"], default="torchscript")
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
+    )
     p.add_argument("--server-source", type=Path, help="profile this checkout's server code")
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
@@ -109,6 +119,7 @@ def main() -> None:
             run_wrk(url, request, args, 2, work)
             py_spy = str(Path(sys.executable).with_name("py-spy"))
             record = ["record", "--pid", str(proc.pid), "--format", "raw", "--threads"]
+            record += ["--gil"] if args.gil else []
             limits = ["--duration", str(int(args.seconds)), "--nonblocking"]
             spy = subprocess.Popen(
                 [py_spy, *record, *limits, "--output", str(work / "stacks.txt")],
@@ -123,7 +134,11 @@ def main() -> None:
         if not stacks.is_file():
             raise SystemExit(f"py-spy wrote nothing: {spy.stderr.read().decode()}")
         ips = (load["requests"] - load["non_2xx"]) / load["duration_s"]
-        head = f"{args.model} {args.body}: {ips:.0f} images/s under wrk -c{args.concurrency}\n"
+        what = "the thread holding the GIL" if args.gil else "all threads"
+        head = (
+            f"{args.model} {args.body}: {ips:.0f} images/s under wrk -c{args.concurrency}; "
+            f"py-spy sampled {what}\n"
+        )
         text = head + summarize(stacks.read_text(), args.top)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
