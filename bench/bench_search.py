@@ -81,10 +81,13 @@ def make_real(work: Path, checkpoint: Path, n: int, n_queries: int, dtype: str, 
     pre = EvalPreprocess.of(ckpt.model)
     size, width = ckpt.model.image_size, ckpt.model.full_dim
 
-    def embed(images: np.ndarray) -> np.ndarray:
-        batch = torch.stack([pre(img) for img in images])
-        with torch.inference_mode():
-            return encoder(batch).float().numpy()
+    def embed(images: np.ndarray, batch: int = 512) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), batch):
+            x = torch.stack([pre(img) for img in images[start : start + batch]])
+            with torch.inference_mode():
+                out.append(encoder(x).float().numpy())
+        return np.concatenate(out)
 
     store = np.lib.format.open_memmap(work / "store.npy", "w+", dtype=dtype, shape=(n, width))
     labels = np.lib.format.open_memmap(work / "labels.npy", "w+", dtype=np.int16, shape=(n,))
@@ -128,6 +131,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def per_query_ms(fn, queries: np.ndarray, batch: int, budget_s: float = 4.0) -> float:
     """Mean ms per query over batches of `batch` (at least one batch, about budget_s)."""
+    batch = min(batch, len(queries))
     fn(queries[:batch])
     done, start = 0, time.perf_counter()
     while True:
@@ -179,6 +183,12 @@ def ann_file(work: Path, factory: str, dim: int) -> Path:
 
 
 def run_grid(store, queries, truth, grid, shortlists, base_ms, train_size, work) -> list[dict]:
+    """Builds each ANN from the store's memory map (as server.index does); reranks read the
+    stored rows as the server does (server.rowfile: pread, nothing left mapped)."""
+    from server.rowfile import RowFile
+    from server.vectors import Rows
+
+    bank = Rows(RowFile(work / "store.npy"), store.shape[1])
     rows = []
     for entry in grid:
         t0 = time.perf_counter()
@@ -194,7 +204,7 @@ def run_grid(store, queries, truth, grid, shortlists, base_ms, train_size, work)
 
                 def run(q, ann=ann, kn=kn, shortlist=shortlist):
                     _, cand = ann.search(q, shortlist, kn)
-                    return rerank(store, q, cand, K, store.shape[1])[1]
+                    return rerank(bank, q, cand, K, store.shape[1])[1]
 
                 found = np.concatenate(
                     [run(queries[i : i + 64]) for i in range(0, len(queries), 64)]
@@ -288,13 +298,75 @@ for i in range(len(q)):
 ms = 1000 * (time.perf_counter() - t) / len(q)
 status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
 kb = lambda k: int(status[k].split()[0]) * 1024
+vectors_mapped = any('vectors-' in line for line in open('/proc/self/maps'))
 print(json.dumps({{'ms_per_query': ms, 'vm_rss': kb('VmRSS'), 'rss_anon': kb('RssAnon'),
-                  'rss_file': kb('RssFile'), 'vm_hwm': kb('VmHWM'), 'queries': len(q)}}))
+                  'rss_file': kb('RssFile'), 'rss_shmem': kb('RssShmem'), 'vm_hwm': kb('VmHWM'),
+                  'vectors_file_mapped': vectors_mapped, 'queries': len(q)}}))
 """
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# exact vs ANN threshold -------------------------------------------------------------------
+
+
+def threshold_sweep(store, queries, spec: str, sizes: list[int], a) -> list[dict]:
+    """At each size N (the store's first N rows), the server's two adaptive paths: exact
+    shortlist (its in-RAM flat index at the shortlist dim) vs ANN shortlist, both reranked
+    exactly at full dim by server.vectors over a pread store, as the server runs them.
+    Recall@10 is against exact full-dim search over the same N rows."""
+    from server.rowfile import RowFile
+    from server.settings import SHORTLIST_FACTOR
+    from server.vectors import Vectors
+
+    factory, _, dim_s = spec.rpartition("@")
+    dim, width = int(dim_s), store.shape[1]
+    knobs = SearchKnobs(nprobe=a.threshold_nprobe, ef_search=a.threshold_ef)
+    shortlist = SHORTLIST_FACTOR * K
+    out = []
+    for n in sizes:
+        path = a.work_dir / f"threshold-{n}.npy"
+        sub = np.lib.format.open_memmap(path, "w+", dtype=store.dtype, shape=(n, width))
+        sub[:] = store[:n]
+        sub.flush()
+        truth = exact_top_k(sub, queries, K, width)
+        t0 = time.perf_counter()
+        ann = build_ann(factory, dim, sub, train_size=min(n, a.train_size))
+        build_s = time.perf_counter() - t0
+        vectors = Vectors(RowFile(path), width, ann)
+        vectors.warm(dim)
+        row = {"n": n, "factory": factory, "dim": dim, **vars(knobs), "shortlist": shortlist}
+        row["ann_build_s"] = build_s
+        paths = server_paths(vectors, width, dim, shortlist, knobs)
+        for name, fn in paths.items():
+            found = np.concatenate([fn(queries[i : i + 64]) for i in range(0, len(queries), 64)])
+            row[f"{name}_recall_at_10"] = recall(found, truth)
+            row[f"{name}_ms_b1"] = per_query_ms(fn, queries, 1, 3.0)
+        row["ann_speedup_over_exact_shortlist"] = (
+            row["exact_shortlist_ms_b1"] / row["ann_shortlist_ms_b1"]
+        )
+        print(json.dumps(row), flush=True)
+        out.append(row)
+        del vectors, ann, sub
+        path.unlink()
+    return out
+
+
+def server_paths(vectors, width: int, dim: int, shortlist: int, knobs: SearchKnobs) -> dict:
+    """The server's searches on `vectors` (server.vectors.Vectors): name -> queries -> ids."""
+
+    def exact_full_dim(q):
+        return vectors.search(q, K, width, None, K)[1]
+
+    def exact_shortlist(q):
+        return vectors.search(q, K, dim, width, shortlist, use_ann=False)[1]
+
+    def ann_shortlist(q):
+        return vectors.search(q, K, dim, width, shortlist, knobs=knobs, use_ann=True)[1]
+
+    return {f.__name__: f for f in (exact_full_dim, exact_shortlist, ann_shortlist)}
 
 
 # plot -------------------------------------------------------------------------------------
@@ -390,6 +462,16 @@ def main() -> None:
     p.add_argument("--serve-shortlist", type=int, default=1000)
     p.add_argument("--serve-nprobe", type=int)
     p.add_argument("--serve-ef", type=int)
+    p.add_argument("--serve-only", action="store_true", help="no baseline or grid: --serve")
+    p.add_argument(
+        "--threshold",
+        metavar="FACTORY@DIM",
+        help="exact vs ANN shortlist (both reranked at full dim) on the first N rows, N from "
+        "--threshold-sizes: where the server's MOCO_ANN_MIN_ROWS should be",
+    )
+    p.add_argument("--threshold-sizes", default="10000,50000,200000")
+    p.add_argument("--threshold-nprobe", type=int, default=128)
+    p.add_argument("--threshold-ef", type=int, default=128)
     p.add_argument("--fingerprint", default="synthetic", help="checkpoint fingerprint (real)")
     p.add_argument("--plot", nargs="+", type=Path, help="JSON results to plot (no run)")
     p.add_argument("--plot-out", type=Path, default=Path("docs/results/search-pareto.png"))
@@ -415,28 +497,47 @@ def main() -> None:
     store = np.load(work / "store.npy", mmap_mode="r")
     queries = np.load(work / "queries.npy")
     n, width = store.shape
-    if not (work / "truth.npy").exists():
-        np.save(work / "truth.npy", exact_top_k(store, queries, K, width))
-    truth = np.load(work / "truth.npy")
-    base = exact_baseline(store, queries, a.baseline_rows)
-    print(f"exact full-dim flat: {base}", flush=True)
-    shortlists = [int(s) for s in a.shortlists.split(",")]
-    rows = run_grid(store, queries, truth, parse_grid(a.grid), shortlists, base, a.train_size, work)
     res = {
         "data": a.data,
         "n": n,
         "width": width,
         "store_dtype": str(store.dtype),
+        "checkpoint": str(a.checkpoint) if a.data == "real" else None,
         "queries": len(queries),
         "k": K,
         "threads": a.threads,
         "loadavg_start": os.getloadavg(),
         "data_s": data_s,
-        "baseline": base,
         "flat_f32_full_dim_bytes": n * width * 4,
-        "rows": rows,
     }
-    if a.out and a.out.exists():  # runs add to the same file: earlier grids are kept
+    if not (work / "truth.npy").exists():
+        np.save(work / "truth.npy", exact_top_k(store, queries, K, width))
+    truth = np.load(work / "truth.npy")
+    if a.threshold:
+        res["threshold"] = threshold_sweep(
+            store, queries, a.threshold, [int(x) for x in a.threshold_sizes.split(",")], a
+        )
+    elif not a.serve_only:
+        res.update(grid_run(a, store, queries, truth, work))
+    if a.serve:
+        res["serving"] = serving(a, work, n, width)
+        print("serving:", json.dumps(res["serving"]), flush=True)
+    res["loadavg_end"] = os.getloadavg()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1))
+    if "rows" in res:
+        print(table(res))
+        print("best at recall@10 >= 0.99:", json.dumps(res["best"]))
+
+
+def grid_run(a, store, queries, truth, work) -> dict:
+    """The baseline and the grid; rows add to an existing --out (earlier grids are kept)."""
+    base = exact_baseline(store, queries, a.baseline_rows)
+    print(f"exact full-dim flat: {base}", flush=True)
+    shortlists = [int(s) for s in a.shortlists.split(",")]
+    rows = run_grid(store, queries, truth, parse_grid(a.grid), shortlists, base, a.train_size, work)
+    res: dict = {"baseline": base, "rows": rows}
+    if a.out.exists():
         old = json.loads(a.out.read_text())
         res["rows"] = old["rows"] + rows
         res["earlier_runs"] = [
@@ -444,33 +545,24 @@ def main() -> None:
             {k: old[k] for k in ("baseline", "loadavg_start", "loadavg_end") if k in old},
         ]
     res["best"] = best(res["rows"])
-    if a.serve:
-        factory, _, dim = a.serve.rpartition("@")
-        info = {
-            "checkpoint": str(a.checkpoint) if a.data == "real" else "synthetic",
-            "fingerprint": a.fingerprint,
-        }
-        folder = serve_folder(work, factory, int(dim), info, a.train_size)
-        row = {
-            "dim": int(dim),
-            "shortlist": a.serve_shortlist,
-            "nprobe": a.serve_nprobe,
-            "ef_search": a.serve_ef,
-        }
-        mem = serving_rss(folder, work / "queries.npy", row, width)
-        res["serving"] = {
-            **row,
-            "factory": factory,
-            **mem,
-            "rss_over_flat_f32": mem["vm_rss"] / (n * width * 4),
-        }
-        print("serving:", json.dumps(res["serving"]), flush=True)
-    res["loadavg_end"] = os.getloadavg()
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(res, indent=1))
-    print(table(res))
-    print("best at recall@10 >= 0.99:", json.dumps(res["best"]))
+    return res
+
+
+def serving(a, work: Path, n: int, width: int) -> dict:
+    factory, _, dim = a.serve.rpartition("@")
+    info = {
+        "checkpoint": str(a.checkpoint) if a.data == "real" else "synthetic",
+        "fingerprint": a.fingerprint,
+    }
+    folder = serve_folder(work, factory, int(dim), info, a.train_size)
+    row = {
+        "dim": int(dim),
+        "shortlist": a.serve_shortlist,
+        "nprobe": a.serve_nprobe,
+        "ef_search": a.serve_ef,
+    }
+    mem = serving_rss(folder, work / "queries.npy", row, width)
+    return {**row, "factory": factory, **mem, "rss_over_flat_f32": mem["vm_rss"] / (n * width * 4)}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Folder layout (one generation is current; manifest.json names its files):
   manifest.json        format, checkpoint fingerprint, width, count, generation, file names
   vectors-<g>.npy      raw full-dim embeddings [N, D] (float32 or float16), the only copy
-                       (memory-mapped; server.vectors searches it at any dim)
+                       (read with pread, server.rowfile; server.vectors searches it at any dim)
   ann-<g>.faiss        optional ANN index over the normalised shortlist-dim prefix
                        (manifest "ann": factory, dim, train_size; trainer.ann)
   items-<g>.jsonl      one {"id", "label", "metadata"} per row
@@ -29,6 +29,7 @@ import numpy as np
 
 from server.errors import Conflict, IndexFolderError, NotFound
 from server.folder import check_log, publish_manifest, refuse_orphans, remove_stale
+from server.rowfile import RowFile
 from server.thumbnails import Thumbnails
 from server.vectors import VectorOptions, Vectors
 from server.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
@@ -207,8 +208,8 @@ class IndexStore:
             raise IndexFolderError(f"index {directory} cannot be read ({e})") from None
 
     def _load_generation(self, manifest: dict[str, Any]) -> None:
-        base = np.load(self.directory / manifest["vectors"], mmap_mode="r")
-        if base.ndim != 2 or base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
+        base = RowFile(self.directory / manifest["vectors"])
+        if base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
             raise ValueError(f"vectors file has shape {base.shape} and dtype {base.dtype}")
         with open(self.directory / manifest["items"]) as f:
             items = [json.loads(line) for line in f]

@@ -1,23 +1,25 @@
-"""The index's vectors: one memory-mapped full-dim copy, exact search at any dim, ANN funnel.
+"""The index's vectors: one stored full-dim copy, exact search at any dim, ANN funnel.
 
 The full-dim vectors exist once, in the generation's vectors file (float32 or float16),
-memory-mapped; rows added since live in RAM until compaction folds them in. Exact search
-at a dim below the full one keeps an in-RAM flat index of that prefix while it fits in
-`flat_cache_bytes` (fast for small indexes); beyond that, and always at the full dim, it
-scans the memory map chunk by chunk, so no second full copy is ever held. An optional ANN
+read row by row with pread (server.rowfile: nothing of it stays mapped, so it never counts
+in the process's resident memory); rows added since live in RAM until compaction folds
+them in. Exact search at a dim below the full one keeps an in-RAM flat index of that
+prefix while it fits in `flat_cache_bytes` (fast for small indexes); beyond that, and
+always at the full dim, it scans the file chunk by chunk, so no second full copy is ever
+held. An optional ANN
 index (trainer.ann) at one shortlist dim makes adaptive search sublinear: shortlist from
 the ANN, rerank exactly from the stored vectors.
 """
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 
+from server.rowfile import RowFile
 from trainer.ann import AnnIndex, SearchKnobs
 from trainer.nesting import truncate_normalize_np
 from trainer.search import rerank, scan_top_k, search_index
@@ -26,13 +28,13 @@ CHUNK = 65536
 
 
 class Rows:
-    """Read-only [N, D] float32 view over the memory-mapped base rows plus rows added since.
+    """Read-only [N, D] float32 view over the stored base rows plus rows added since.
 
     trainer.search gathers `bank[rows, :d]` and slices `bank[a:b, :d]`; this serves both
-    without concatenating (and so copying) the memory-mapped file.
+    without concatenating (and so copying) the stored file.
     """
 
-    def __init__(self, base: np.ndarray, width: int):
+    def __init__(self, base: RowFile, width: int):
         self.base = base
         self.width = width
         self.extra = np.empty((0, width), dtype=np.float32)
@@ -62,22 +64,14 @@ class Rows:
             rows = np.arange(*rows.indices(len(self)))
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         n0 = len(self.base)
+        in_base = rows < n0
+        if in_base.all():
+            return self.base.read(rows, cols).astype(np.float32)
         width = len(range(*cols.indices(self.width)))
         out = np.empty((len(rows), width), dtype=np.float32)
-        in_base = rows < n0
-        if in_base.all() and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-            out[:] = self.base[rows[0] : rows[-1] + 1, cols]  # a contiguous run: one read
-        else:
-            out[in_base] = self.base[rows[in_base], cols]
-            out[~in_base] = self.extra[rows[~in_base] - n0, cols]
+        out[in_base] = self.base.read(rows[in_base], cols)
+        out[~in_base] = self.extra[rows[~in_base] - n0, cols]
         return out
-
-
-def _random_access(base: np.ndarray) -> None:
-    """Reranks read scattered rows: no readahead, so only the rows touched become resident."""
-    handle = getattr(base, "_mmap", None)
-    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
-        handle.madvise(mmap.MADV_RANDOM)
 
 
 class Vectors:
@@ -85,14 +79,13 @@ class Vectors:
 
     def __init__(
         self,
-        base: np.ndarray,
+        base: RowFile,
         width: int,
         ann: AnnIndex | None = None,
         *,
         flat_cache_bytes: int = 256 << 20,
         ann_min_rows: int = 20_000,
     ):
-        _random_access(base)
         self.rows = Rows(base, width)
         self.width = width
         self.ann = ann

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -254,3 +255,48 @@ def test_exact_search_beyond_the_flat_cache_scans_the_store(tmp_path):
     np.testing.assert_array_equal(cached[1], scanned[1])
     np.testing.assert_allclose(cached[0], scanned[0], atol=1e-6)
     assert 1 not in scanned[1]
+
+
+@pytest.mark.parametrize(("dtype", "version"), [("float16", (1, 0)), ("float32", (2, 0))])
+def test_row_file_reads_what_the_array_holds(tmp_path, monkeypatch, dtype, version):
+    """pread gathers (scattered, runs, repeats, any order, column spans) equal a[rows, cols]."""
+    from server import rowfile
+
+    a = matryoshka_vectors(500, 24, seed=11).astype(dtype)
+    path = tmp_path / "v.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, a, version=version)
+    monkeypatch.setattr(rowfile, "BLOCK_BYTES", 7 * a.itemsize * 24)  # runs span blocks
+    rf = rowfile.RowFile(path)
+    assert rf.shape == a.shape and rf.dtype == a.dtype
+    rng = np.random.default_rng(0)
+    patterns = [
+        rng.choice(500, 40, replace=False),
+        np.arange(100, 260),
+        np.array([5, 6, 7, 7, 3, 2, 400, 401, 402, 499, 0]),
+        np.array([0, 2, 1, 3]),
+        np.array([], dtype=np.int64),
+    ]
+    for rows in patterns:
+        for cols in (slice(None), slice(0, 8), slice(3, 17), slice(None, None, 5)):
+            np.testing.assert_array_equal(rf.read(rows, cols), a[rows, cols])
+    with pytest.raises(IndexError, match=r"0\.\.499"):
+        rf.read(np.array([500]), slice(None))
+
+
+def test_searches_leave_nothing_of_the_vectors_file_mapped(tmp_path):
+    """Reranks and full-dim scans read the store with pread: no page of it stays resident
+    in the serving process (a memory map's touched pages count in its RSS)."""
+    maps = "/proc/self/maps"
+    if not os.path.exists(maps):
+        pytest.skip("needs /proc (Linux)")
+    from trainer.ann import SearchKnobs
+
+    store, x = ann_store(tmp_path / "i", "IVF4,Flat", 8, "float16")
+    store.search(x[:5], 10, 8, 32, 100, SearchKnobs(nprobe=4), use_ann=True)
+    store.search(x[:5], 10, 32, None, 10)
+    store.delete("r0")
+    store.compact()
+    store.search(x[:5], 10, 8, 32, 100, SearchKnobs(nprobe=4), use_ann=True)
+    with open(maps) as f:
+        assert "vectors-" not in f.read()
