@@ -60,7 +60,18 @@ MODELS = {
         "nesting_list": [8, 16, 32, 64, 128, 256, 512, 1024, 2048],
     },
 }
-WRK_SCRIPT = """
+WRK_DONE = """
+done = function(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_s": %.6f, "bytes": %d, "errors": %d, "non_2xx": %d, '
+    .. '"p50_ms": %.3f, "p90_ms": %.3f, "p99_ms": %.3f, "max_ms": %.3f, "mean_ms": %.3f}\\n',
+    s.requests, s.duration / 1e6, s.bytes, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3,
+    latency.max / 1e3, latency.mean / 1e3))
+end
+"""
+WRK_BODIES = """
 local bodies = {}
 for n = 0, %(count)d - 1 do
   local f = assert(io.open(string.format("%(bodies)s/%%d", n), "rb"))
@@ -74,14 +85,12 @@ request = function()
   i = i %% #bodies + 1
   return wrk.format(nil, "%(path)s", nil, bodies[i])
 end
-done = function(s, latency, requests)
-  local e = s.errors
-  io.write(string.format(
-    'WRKJSON {"requests": %%d, "duration_s": %%.6f, "bytes": %%d, "errors": %%d, "non_2xx": %%d, '
-    .. '"p50_ms": %%.3f, "p90_ms": %%.3f, "p99_ms": %%.3f, "max_ms": %%.3f, "mean_ms": %%.3f}\\n',
-    s.requests, s.duration / 1e6, s.bytes, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3,
-    latency.max / 1e3, latency.mean / 1e3))
+"""
+# the light second load: one connection, one GET /healthz every `interval` ms
+WRK_HEALTH = """
+wrk.path = "/healthz"
+delay = function()
+  return %(interval_ms)d
 end
 """
 
@@ -233,34 +242,50 @@ class ForwardPoller(threading.Thread):
         return (n1 - n0) / (t1 - t0), len(self.changes) - 2
 
 
+def start_wrk(
+    url: str, script: str, connections: int, seconds: float, tmp: Path, name: str, threads: int = 1
+):
+    """wrk in the background with a Lua script (plus the JSON summary at the end)."""
+    path = tmp / f"{name}.lua"
+    path.write_text(script + WRK_DONE)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{math.ceil(seconds)}s"]  # whole s
+    argv += ["--timeout", "60s", "-s", str(path), url]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wrk_result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: wrk failed: {err or out}")
+    found = re.search(r"^WRKJSON (.*)$", out, re.M)
+    if found is None:
+        raise SystemExit(f"bench: could not read wrk's summary:\n{out}")
+    return json.loads(found.group(1))
+
+
 def run_wrk(url: str, request: tuple[list[bytes], str, str], args, seconds: float, tmp: Path):
     bodies, content_type, path = request
     folder = tmp / "bodies"
     folder.mkdir(exist_ok=True)
     for i, body in enumerate(bodies):
         (folder / str(i)).write_bytes(body)
-    script = tmp / "load.lua"
-    values = {"bodies": folder, "count": len(bodies), "content_type": content_type}
-    script.write_text(WRK_SCRIPT % {**values, "path": path})
-    argv = [
-        "wrk",
-        f"-t{args.wrk_threads}",
-        f"-c{args.concurrency}",
-        f"-d{math.ceil(seconds)}s",  # wrk takes whole seconds only
-        "--timeout",
-        "60s",
-        "-s",
-        str(script),
-        url,
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"bench: wrk failed: {done.stderr or done.stdout}")
-    out = done.stdout
-    found = re.search(r"^WRKJSON (.*)$", out, re.M)
-    if found is None:
-        raise SystemExit(f"bench: could not read wrk's summary:\n{out}")
-    return json.loads(found.group(1))
+    values = {"bodies": folder, "count": len(bodies), "content_type": content_type, "path": path}
+    script = WRK_BODIES % values
+    return wrk_result(
+        start_wrk(url, script, args.concurrency, seconds, tmp, "load", args.wrk_threads)
+    )
+
+
+def health_summary(load: dict) -> dict:
+    """The /healthz wrk's numbers, in HealthProbe.summary()'s shape."""
+    return {
+        "n": load["requests"],
+        "failures": load["errors"] + load["non_2xx"],
+        "p50_ms": load["p50_ms"],
+        "p99_ms": load["p99_ms"],
+        "max_ms": load["max_ms"],
+        "probe": "wrk -c1, one GET every 50 ms",
+    }
 
 
 async def run_python_client(url: str, request: tuple[list[bytes], str, str], args, seconds):
@@ -413,9 +438,14 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                     )
                     warm.raise_for_status()
                 metrics0 = httpx.get(url + "/metrics").text
-                probe, poller = HealthProbe(port), ForwardPoller(url)
-                probe.start()
+                poller = ForwardPoller(url)
                 poller.start()
+                if native:  # a second, light load generator, in its own process
+                    health = WRK_HEALTH % {"interval_ms": 50}
+                    probe = start_wrk(url, health, 1, duration, workdir, "health")
+                else:
+                    probe = HealthProbe(port)
+                    probe.start()
                 load0 = os.getloadavg()
                 cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
                 if native:
@@ -423,9 +453,14 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                 else:
                     load = asyncio.run(run_python_client(url, request, args, duration))
                 busy = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - wall0)
-                for thread in (probe, poller):
-                    thread.done.set()
-                    thread.join()
+                poller.done.set()
+                poller.join()
+                if native:
+                    healthz = health_summary(wrk_result(probe))
+                else:
+                    probe.done.set()
+                    probe.join()
+                    healthz = probe.summary()
                 load1 = os.getloadavg()
                 metrics1 = httpx.get(url + "/metrics").text
             except Exception:
@@ -474,7 +509,7 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                 "model_cpu_ms_per_image": model_cpu,
                 "ratio_cpu_model_over_server": model_cpu / (1000 * busy / window_ips),
                 "server_split": split,
-                "healthz": probe.summary(),
+                "healthz": healthz,
             }
             result["runs"].append(run)
             print(

@@ -152,3 +152,24 @@ def test_full_queue_is_refused_with_retry_after():
 
     err = asyncio.run(run())
     assert err.status == 503 and err.headers["Retry-After"] == "3"
+
+
+def test_a_failed_forward_fails_only_its_batch():
+    def forward(x: torch.Tensor) -> np.ndarray:
+        if int(x[0].item()) == 7:
+            raise RuntimeError("CUDA out of memory")
+        return x.flatten(1).float().numpy()
+
+    async def run():
+        b = make(forward, max_batch_size=1, max_wait_ms=0)
+        await b.start()
+        outs = await asyncio.gather(
+            *(b.embed(values(1, i)) for i in (5, 7, 9)), return_exceptions=True
+        )
+        after = await asyncio.wait_for(b.embed(values(1, 11)), 5)  # still serving
+        await b.stop()
+        return outs, after
+
+    (five, seven, nine), after = asyncio.run(run())
+    assert isinstance(seven, RuntimeError)
+    assert five[0][0, 0] == 5 and nine[0][0, 0] == 9 and after[0][0, 0] == 11
