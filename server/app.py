@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import openapi
 from server.errors import ApiError, MalformedBody, describe
+from server.fastpath import EmbedFastPath
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from server.routes import ROUTERS
@@ -116,6 +117,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     openapi.install(app)
+    app.add_middleware(EmbedFastPath)  # inside the two below: limits and metrics still apply
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

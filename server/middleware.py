@@ -17,6 +17,39 @@ async def send_json(send, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive, max_bytes: int | None = None) -> bytes | None:
+    """The whole request body; None if the client left. BodyTooLarge past `max_bytes`."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if max_bytes is not None and size > max_bytes:
+            raise BodyTooLarge
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """An ASGI receive that hands over an already read body, then the connection's."""
+    sent = False
+
+    async def receive_again():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_again
+
+
 def record_timing(state: Any, timing: Timing | None, search_s: float | None = None) -> None:
     """A route's split of its time (into request.state), for the headers and the histograms.
 
@@ -96,28 +129,12 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(send)
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        try:
+            body = await read_body(receive, self.max_bytes)
+        except BodyTooLarge:
+            return await self._refuse(send)
+        if body is not None:
+            await self.app(scope, replay(body, receive), send)
 
     async def _refuse(self, send) -> None:
         await send_json(

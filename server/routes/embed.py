@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from starlette.datastructures import State
 
 from server.codec import FastJSON, encode
 from server.middleware import record_timing
@@ -15,9 +16,10 @@ from server.service import Embedded
 router = APIRouter(tags=["embed"], responses=ERRORS)
 
 
-def answer(request: Request, out: Embedded, fmt: str) -> FastJSON:
-    """Encoded straight from the array by orjson (the response model documents the shape)."""
-    record_timing(request.state, out.timing)
+def answer(state: State, out: Embedded, fmt: str) -> FastJSON:
+    """Encoded straight from the array by orjson (the response model documents the shape);
+    also the answer of server.fastpath, which takes this route's well-formed requests."""
+    record_timing(state, out.timing)
     return FastJSON(
         {"dim": out.dim, "encoding_format": fmt, "embeddings": encode(out.vectors, fmt)}
     )
@@ -26,7 +28,7 @@ def answer(request: Request, out: Embedded, fmt: str) -> FastJSON:
 @router.post("/v1/embed", response_model=EmbedResponse)
 async def embed(body: EmbedRequest, request: Request, svc: JsonService) -> FastJSON:
     out = await svc.embed(body.images, body.dim)
-    return answer(request, out, body.encoding_format)
+    return answer(request.state, out, body.encoding_format)
 
 
 @router.post("/v1/embed/files", response_model=EmbedResponse)
@@ -38,4 +40,4 @@ async def embed_files(
     encoding_format: Annotated[Encoding, Form()] = "float",
 ) -> FastJSON:
     out = await svc.embed([await f.read() for f in files], dim)
-    return answer(request, out, encoding_format)
+    return answer(request.state, out, encoding_format)
