@@ -77,8 +77,8 @@ ItemId = Annotated[
     ),
 ]
 JSON_SAFE_INT = 2**53  # exact in every JSON client (JavaScript numbers are doubles)
-Label = (
-    Annotated[int, Field(ge=-JSON_SAFE_INT, le=JSON_SAFE_INT)]
+Label = (  # strict: JSON true/false is not the label 1/0 (the schema says integer or string)
+    Annotated[int, Field(strict=True, ge=-JSON_SAFE_INT, le=JSON_SAFE_INT)]
     | Annotated[Text, Field(max_length=MAX_LABEL_CHARS)]
     | None
 )

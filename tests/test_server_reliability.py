@@ -54,6 +54,7 @@ def vec(seed: int = 0) -> str:
         ('"metadata": {"k": [{"deep": "\\udc00"}]}', "surrogate"),
         ('"metadata": {"k": NaN}', "NaN or Infinity"),
         ('"metadata": {"k": [1, -Infinity]}', "NaN or Infinity"),
+        ('"label": true', "label"),  # not the label 1: the schema says integer or string
     ],
 )
 def test_unservable_values_refused_at_the_door(writer, field, says):
