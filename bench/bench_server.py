@@ -486,6 +486,7 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                 n = delta(f"moco_{stage}_seconds_count")
                 if n:
                     split[f"{stage}_ms_mean"] = 1000 * delta(f"moco_{stage}_seconds_sum") / n
+            forward_ms = split.get("inference_ms_mean", math.nan)
             run = {
                 "body": body,
                 "repeat": repeat,
@@ -509,6 +510,14 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                 "model_cpu_ms_per_image": model_cpu,
                 "ratio_cpu_model_over_server": model_cpu / (1000 * busy / window_ips),
                 "server_split": split,
+                # the model's own rate inside the server (batch / mean forward), and the share
+                # of time it was forwarding: both measured in the same window as the load, so
+                # free of the drift between this run and the bare-model runs around it
+                "server_model_images_per_s": 1000 * args.batch_size / forward_ms,
+                "model_busy_fraction": server_ips
+                * split["inference_ms_mean"]
+                / 1000
+                / args.batch_size,
                 "healthz": healthz,
             }
             result["runs"].append(run)
@@ -518,7 +527,7 @@ def bench_embed(args, name: str, workdir: Path) -> dict:
                 f"{run['ratio_server_over_model']:.2f}; p50 {load['p50_ms']:.1f} ms, p99 "
                 f"{load['p99_ms']:.1f} ms; mean batch {run['mean_batch']:.1f}; "
                 f"CPU/img server {run['server_cpu_ms_per_image']:.2f} ms, model {model_cpu:.2f} ms "
-                f"({busy:.2f} cores busy); "
+                f"({busy:.2f} cores busy); model busy {run['model_busy_fraction']:.2f}; "
                 f"/healthz p99 {run['healthz']['p99_ms']:.1f} ms; load {load0[0]:.1f}",
                 flush=True,
             )
