@@ -2,7 +2,10 @@
 
     python bench/bench_search.py --data synthetic --n 1000000 --width 2048 \
         --out docs/results/search-synthetic.json --serve "IVF1024,Flat@64"
-    python bench/bench_search.py --data real --n 1000000 --out docs/results/search-real.json
+    python bench/bench_search.py --data real --n 1000000 --checkpoint C --prepare-only
+    python bench/bench_search.py --data real --n 1000000 --checkpoint C --out R.json
+    python bench/bench_search.py --data real ... --threshold "IVF1024,Flat@32"
+    python bench/bench_search.py --data real ... --index-out DIR --index-ann "IVF1024,Flat@32"
     python bench/bench_search.py --plot docs/results/search-*.json
 
 For each index type (FAISS factory string), shortlist dim, shortlist size and nprobe /
@@ -13,6 +16,9 @@ JSON records the slice). The chosen config is then served from an index folder b
 server.store in a fresh process whose resident memory is reported (VmRSS, anon and file).
 Vectors live in a memory-mapped store (float16 by default), generated or embedded chunk by
 chunk into `--work-dir`, so no stage holds N x D floats in RAM. Stages are cached there.
+`--threshold` times the server's exact and ANN shortlists at a few index sizes (where
+MOCO_ANN_MIN_ROWS belongs); `--index-out` publishes the real store as a server index folder
+(for bench/search_curl_session.sh).
 """
 
 from __future__ import annotations

@@ -11,13 +11,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.runtime import Runtime
 from server.schemas import MAX_BATCH, MAX_K
-from server.vectors import VectorOptions
+from server.vectors import ANN_MIN_ROWS, VectorOptions
 
 # Search defaults; docs/SEARCH.md says what bench/bench_search.py measured against them.
 SHORTLIST_FACTOR = 100
 NPROBE = 128
 EF_SEARCH = 128
-ANN_MIN_ROWS = 50_000
 
 
 def available_cores() -> int:
