@@ -467,7 +467,10 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("speed-up per single query vs exact full-dim flat (log)")
         ax.set_ylabel("recall@10 vs exact full-dim")
         ax.set_ylim(max(0.5, min(r["recall_at_10"] for r in res["rows"]) - 0.02), 1.005)
-        ax.set_title(f"{res['data']}: {res['n']:,} x {res['width']}")
+        ax.set_title(
+            f"{res['data']}: {res['n']:,} x {res['width']} "
+            f"(exact flat {res['baseline']['ms_b1']:.0f} ms/query)"
+        )
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
