@@ -132,3 +132,28 @@ def test_prefix_heads_start_as_identity_and_are_trained_by_the_loss():
     assert all(h.weight.grad.abs().max() > 0 for h in heads.heads.heads)
     cfg = TrainConfig(nesting_list=[8, 16], prefix_heads=True)
     assert len(list(build_loss(cfg).parameters())) == 4
+
+
+def test_sqrt_weights_balance_the_gradient_each_dim_sends_into_the_network():
+    """Why the default is sqrt: with unit-variance coordinates |q[:d]| ~ sqrt(d), so a small
+    prefix's loss sends a larger gradient through the normalisation than the full dim's; mean
+    weights let the smallest dim dominate, sqrt weights even the shares out."""
+    torch.manual_seed(0)
+    dims = [8, 32, 128]
+    feats = torch.randn(64, 16)
+    head = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.BatchNorm1d(128, affine=False))
+    q = head(feats)
+    k = head(feats + 0.3 * torch.randn_like(feats)).detach()
+    queue = torch.randn(256, 128)
+    _, per_dim = MoCoMatryoshkaLoss(dims, 0.2)(q, k, queue)
+    norms = torch.stack(
+        [torch.autograd.grad(loss, head[0].weight, retain_graph=True)[0].norm() for loss in per_dim]
+    )
+    assert norms[0] > 1.5 * norms[-1]
+
+    def spread(mode):
+        share = torch.tensor(training_weights(dims, mode)) * norms
+        return float(share.max() / share.min())
+
+    assert spread("sqrt") < spread("mean") / 1.5
+    assert TrainConfig().loss_weights == "sqrt"

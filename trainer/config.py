@@ -73,9 +73,10 @@ class TrainConfig(BaseModel):
         description="Matryoshka dims, comma-separated, ascending; the last is the head dim",
     )
     loss_weights: Literal["mean", "sqrt", "linear", "ones"] = Field(
-        "mean",
-        description="per-dim loss weights: mean (1/len each), sqrt or linear (proportional to "
-        "sqrt(dim) or dim, summing to 1), ones (the MRL paper's plain sum)",
+        "sqrt",
+        description="per-dim loss weights: sqrt (proportional to sqrt(dim): every dim's loss "
+        "sends about the same gradient into the network), linear (proportional to dim), mean "
+        "(1/len each), all summing to 1; ones (the MRL paper's plain sum)",
     )
     dim_weights: WeightList = Field(
         [],
@@ -96,7 +97,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(40, ge=1)
     lr: float = Field(
-        0.06, gt=0, description="learning rate for a global batch of 256 (scaled linearly)"
+        0.03, gt=0, description="learning rate for a global batch of 256 (scaled linearly)"
     )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0)
