@@ -54,7 +54,7 @@ def role(thread: str, frames: list[str]) -> str:
     return "other"
 
 
-def summarize(collapsed: str, top: int) -> str:
+def summarize(collapsed: str, top: int, sampled: str = "all threads, idle excluded") -> str:
     own, inclusive, roles = collections.Counter(), collections.Counter(), collections.Counter()
     loop_own = collections.Counter()
     total = 0
@@ -77,7 +77,7 @@ def summarize(collapsed: str, top: int) -> str:
             loop_own[ours[-1] if ours else frames[-1]] += n
         for f in set(frames):
             inclusive[f] += n
-    lines = [f"{total} samples (all threads, idle excluded)", "", "by thread:"]
+    lines = [f"{total} samples ({sampled})", "", "by thread:"]
     lines += [f"  {100 * n / total:5.1f}%  {r}" for r, n in roles.most_common()]
     lines += ["", "own time:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
@@ -139,7 +139,8 @@ def main() -> None:
             f"{args.model} {args.body}: {ips:.0f} images/s under wrk -c{args.concurrency}; "
             f"py-spy sampled {what}\n"
         )
-        text = head + summarize(stacks.read_text(), args.top)
+        sampled = "the GIL holder only" if args.gil else "all threads, idle excluded"
+        text = head + summarize(stacks.read_text(), args.top, sampled)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     sys.stdout.write(text)

@@ -16,7 +16,7 @@ from trainer.errors import run_cli
 PROG = "python -m server"
 # The event loop, the decode thread and the model thread share one GIL. At Python's default
 # 5 ms switch interval, a thread that wants it back (a finished forward, a new request) waits
-# up to 5 ms behind a busy one; docs/SERVING.md has the measurements behind this value.
+# up to 5 ms behind a busy one (docs/SERVING.md, Benchmarks).
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 

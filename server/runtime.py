@@ -3,9 +3,9 @@
 Why a trace: the eager module's forward is Python calling one torch op per layer, and each
 op hands the GIL back and must take it again before the next layer. Under load the event
 loop (HTTP, JSON) and the decode thread hold the GIL in between, so every layer waits for
-them: the convnet's eager forward ran ~8x slower next to one busy Python thread, a traced
-one ~2x (`gil` in bench/bench_server.py's JSON). A traced forward runs in C++ and takes the
-GIL once, at the end. Freezing also folds BatchNorm into the convolutions, so embeddings
+them: the convnet's eager forward ran 6-12x slower next to one busy Python thread, a
+traced one ~2x (`gil` in bench/bench_server.py's JSON). A traced forward runs in C++ and
+takes the GIL once, at the end. Freezing also folds BatchNorm into the convolutions, so embeddings
 differ from the eager module's by float rounding only (~1e-7; tests/test_server_runtime.py).
 
 `eager` keeps the nn.Module as trained: for a model a trace cannot capture, or to compare.
