@@ -448,11 +448,14 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
-        kinds = sorted({r["factory"] for r in res["rows"]})
+        kinds = sorted({(r["factory"], r["dim"]) for r in res["rows"]})
         for kind in kinds:
-            rs = [r for r in res["rows"] if r["factory"] == kind]
+            rs = [r for r in res["rows"] if (r["factory"], r["dim"]) == kind]
             ax.scatter(
-                [r["speedup_b1"] for r in rs], [r["recall_at_10"] for r in rs], s=14, label=kind
+                [r["speedup_b1"] for r in rs],
+                [r["recall_at_10"] for r in rs],
+                s=14,
+                label=f"{kind[0]} @ {kind[1]}",
             )
         front = pareto(res["rows"])
         ax.plot(

@@ -14,8 +14,8 @@ from server.schemas import MAX_BATCH, MAX_K
 from server.vectors import ANN_MIN_ROWS, VectorOptions
 
 # Search defaults; docs/SEARCH.md says what bench/bench_search.py measured against them.
-SHORTLIST_FACTOR = 100
-NPROBE = 128
+SHORTLIST_FACTOR = 20
+NPROBE = 64
 EF_SEARCH = 128
 
 
