@@ -1,8 +1,9 @@
-"""server.fastpath answers POST /v1/embed exactly as the FastAPI route does, and leaves every
-request it does not fully understand to that route."""
+"""server.fastpath answers POST /v1/embed and /v1/embed/files exactly as the FastAPI routes do,
+and leaves every request it does not fully understand to those routes."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -28,6 +29,7 @@ def clients(tiny_dataset, tmp_path_factory):
         max_wait_ms=1,
         torch_threads=1,
         max_images=4,
+        max_body_bytes=64_000,
     )
     served, reference = create_app(settings), create_app(settings)
     reference.user_middleware = [m for m in reference.user_middleware if m.cls is not EmbedFastPath]
@@ -58,9 +60,84 @@ CASES = {  # name: (body, content type, whether the fast path answers it itself)
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_same_answer_with_and_without_the_fast_path(clients, name, monkeypatch):
-    body, content_type, fast = CASES[name]
+FILES = [base64.b64decode(i) for i in IMAGES]
+BOUNDARY = "b7MA4YWxkTrZu0gW"
+FORM = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def part(name: str, data: bytes | str, filename: str | None = None, extra: str = "") -> bytes:
+    disposition = f'form-data; name="{name}"' + (
+        f'; filename="{filename}"' if filename is not None else ""
+    )
+    head = f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n{extra}\r\n".encode()
+    return head + (data.encode() if isinstance(data, str) else data) + b"\r\n"
+
+
+def form(*parts: bytes, end: bytes = f"--{BOUNDARY}--\r\n".encode()) -> bytes:
+    return b"".join(parts) + end
+
+
+def files(*datas: bytes) -> list[bytes]:
+    return [
+        part("files", d, f"{i}.png", "Content-Type: image/png\r\n") for i, d in enumerate(datas)
+    ]
+
+
+ONE = files(FILES[0])
+UPLOADS = {  # name: (body, content type, whether the fast path answers it itself)
+    "one file": (form(*ONE), FORM, True),
+    "as the bench sends it": (
+        form(
+            part("dim", "16"),
+            part("files", FILES[1], "x", "Content-Type: application/octet-stream\r\n"),
+        ),
+        FORM,
+        True,
+    ),
+    "three files, dim 16": (form(*files(*FILES), part("dim", "16")), FORM, True),
+    "base64, dim 8": (
+        form(*files(*FILES[:2]), part("dim", "8"), part("encoding_format", "base64")),
+        FORM,
+        True,
+    ),
+    "float16": (form(*ONE, part("encoding_format", "base64_float16")), FORM, True),
+    "quoted boundary": (form(*ONE), f'multipart/form-data; boundary="{BOUNDARY}"', True),
+    "dim not allowed": (form(*ONE, part("dim", "12")), FORM, True),
+    "not an image": (form(*files(b"hello")), FORM, True),
+    "too many files": (form(*files(*FILES, *FILES)), FORM, True),
+    "no filename": (form(part("files", FILES[0])), FORM, False),
+    "empty filename": (form(part("files", FILES[0], "")), FORM, False),
+    "empty file": (form(*files(b"")), FORM, False),
+    "unknown field": (form(*ONE, part("k", "3")), FORM, False),
+    "dim as words": (form(*ONE, part("dim", "sixteen")), FORM, False),
+    "dim 016": (form(*ONE, part("dim", "016")), FORM, False),
+    "dim 0": (form(*ONE, part("dim", "0")), FORM, False),
+    "dim empty": (form(*ONE, part("dim", "")), FORM, False),
+    "dim too large": (form(*ONE, part("dim", "70000")), FORM, False),
+    "dim twice": (form(*ONE, part("dim", "8"), part("dim", "16")), FORM, False),
+    "dim as a file": (form(*ONE, part("dim", "16", "d.txt")), FORM, False),
+    "unknown encoding": (form(*ONE, part("encoding_format", "hex")), FORM, False),
+    "no files": (form(part("dim", "16")), FORM, False),
+    "no parts": (form(), FORM, False),
+    "no final boundary": (form(*ONE, end=b""), FORM, False),
+    "cut in a part": (form(*ONE)[:300], FORM, False),
+    "no boundary": (form(*ONE), "multipart/form-data", False),
+    "another boundary": (form(*ONE), "multipart/form-data; boundary=other", False),
+    "charset": (form(*ONE), FORM + "; charset=latin-1", False),
+    "not form-data": (form(*ONE), f"multipart/mixed; boundary={BOUNDARY}", False),
+    "too large": (form(*files(b"x" * 70_000)), FORM, False),
+    "JSON here": (json.dumps({"images": IMAGES[:1]}).encode(), JSON, False),
+    "no content type": (form(*ONE), None, False),
+}
+REQUESTS = {("/v1/embed", name): case for name, case in CASES.items()} | {
+    ("/v1/embed/files", name): case for name, case in UPLOADS.items()
+}
+REQUESTS["/v1/embed", "a form"] = (form(*ONE), FORM, False)
+
+
+@pytest.mark.parametrize(("path", "name"), list(REQUESTS), ids=[f"{p} {n}" for p, n in REQUESTS])
+def test_same_answer_with_and_without_the_fast_path(clients, path, name, monkeypatch):
+    body, content_type, fast = REQUESTS[path, name]
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"content-type": content_type} if content_type else {}
     taken = []
@@ -70,7 +147,7 @@ def test_same_answer_with_and_without_the_fast_path(clients, name, monkeypatch):
     monkeypatch.setitem(
         handlers, server.fastpath.ApiError, lambda *a: taken.append(1) or refused(*a)
     )
-    got, want = (c.post("/v1/embed", content=data, headers=headers) for c in clients)
+    got, want = (c.post(path, content=data, headers=headers) for c in clients)
     assert bool(taken) == fast
     assert got.status_code == want.status_code
     assert got.content == want.content
@@ -80,13 +157,26 @@ def test_same_answer_with_and_without_the_fast_path(clients, name, monkeypatch):
     assert (set(got.headers) & TIMING) == (set(want.headers) & TIMING)
 
 
-def test_fast_answers_are_counted_under_the_route(clients):
+@pytest.mark.parametrize(
+    ("path", "body", "content_type"),
+    [
+        ("/v1/embed", json.dumps({"images": IMAGES[:1]}).encode(), JSON),
+        ("/v1/embed/files", form(*ONE), FORM),
+    ],
+)
+def test_fast_answers_are_counted_under_the_route(clients, path, body, content_type):
     served = clients[0]
-    served.post("/v1/embed", json={"images": IMAGES[:1]}).raise_for_status()
-    samples = [
-        s
-        for family in text_string_to_metric_families(served.get("/metrics").text)
-        for s in family.samples
-        if s.name == "moco_requests_total" and s.labels.get("endpoint") == "/v1/embed"
-    ]
-    assert any(s.labels["status"] == "200" and s.value >= 1 for s in samples)
+
+    def count() -> float:
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(served.get("/metrics").text)
+            for s in family.samples
+            if s.name == "moco_requests_total"
+            and s.labels.get("endpoint") == path
+            and s.labels["status"] == "200"
+        )
+
+    before = count()
+    served.post(path, content=body, headers={"content-type": content_type}).raise_for_status()
+    assert count() == before + 1
