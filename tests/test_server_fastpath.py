@@ -1,5 +1,5 @@
-"""server.fastpath answers POST /v1/embed and /v1/embed/files exactly as the FastAPI routes do,
-and leaves every request it does not fully understand to those routes."""
+"""server.fastpath answers POST /v1/embed, /v1/embed/files and /v1/embeddings exactly as the
+FastAPI routes do, and leaves every request it does not fully understand to those routes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_server_helpers import png_b64, train_tiny
 
-import server.fastpath
 from server.app import create_app
 from server.fastpath import EmbedFastPath
 from server.settings import Settings
@@ -84,7 +83,7 @@ def files(*datas: bytes) -> list[bytes]:
 
 
 ONE = files(FILES[0])
-UPLOADS = {  # name: (body, content type, whether the fast path answers it itself)
+UPLOADS = {  # as CASES; None: refused before the fast path
     "one file": (form(*ONE), FORM, True),
     "as the bench sends it": (
         form(
@@ -125,7 +124,7 @@ UPLOADS = {  # name: (body, content type, whether the fast path answers it itsel
     "another boundary": (form(*ONE), "multipart/form-data; boundary=other", False),
     "charset": (form(*ONE), FORM + "; charset=latin-1", False),
     "not form-data": (form(*ONE), f"multipart/mixed; boundary={BOUNDARY}", False),
-    "too large": (form(*files(b"x" * 70_000)), FORM, False),
+    "too large": (form(*files(b"x" * 70_000)), FORM, None),  # the body limit, before it
     "JSON here": (json.dumps({"images": IMAGES[:1]}).encode(), JSON, False),
     "no content type": (form(*ONE), None, False),
 }
@@ -133,6 +132,38 @@ REQUESTS = {("/v1/embed", name): case for name, case in CASES.items()} | {
     ("/v1/embed/files", name): case for name, case in UPLOADS.items()
 }
 REQUESTS["/v1/embed", "a form"] = (form(*ONE), FORM, False)
+MODEL = Settings.model_fields["model_name"].default
+OPENAI = {
+    "one image": ({"input": IMAGES[0], "model": MODEL}, JSON, True),
+    "three, dimensions 16": ({"input": IMAGES, "model": MODEL, "dimensions": 16}, JSON, True),
+    "base64": ({"input": IMAGES[:2], "model": MODEL, "encoding_format": "base64"}, JSON, True),
+    "user": ({"input": IMAGES[:1], "model": MODEL, "user": "u1"}, JSON, True),
+    "another model": ({"input": IMAGES[:1], "model": "gpt"}, JSON, True),
+    "dimensions not allowed": ({"input": IMAGES[:1], "model": MODEL, "dimensions": 12}, JSON, True),
+    "not an image": ({"input": ["aGVsbG8="], "model": MODEL}, JSON, True),
+    "too many images": ({"input": IMAGES + IMAGES, "model": MODEL}, JSON, True),
+    "tokens": ({"input": [[1, 2]], "model": MODEL}, JSON, False),
+    "no model": ({"input": IMAGES[:1]}, JSON, False),
+    "float16": (
+        {"input": IMAGES[:1], "model": MODEL, "encoding_format": "base64_float16"},
+        JSON,
+        False,
+    ),
+    "not JSON": (b"{input", JSON, False),
+    "no content type": ({"input": IMAGES[:1], "model": MODEL}, None, False),
+    "a form": (form(*ONE), FORM, False),
+}
+REQUESTS |= {("/v1/embeddings", name): case for name, case in OPENAI.items()}
+
+
+def inner_app_calls(client, monkeypatch) -> list[int]:
+    """The requests the fast path passes on to the FastAPI app (appended to as they go)."""
+    layer = client.app.middleware_stack
+    while not isinstance(layer, EmbedFastPath):
+        layer = layer.app
+    calls, app = [], layer.app
+    monkeypatch.setattr(layer, "app", lambda *a: calls.append(1) or app(*a))
+    return calls
 
 
 @pytest.mark.parametrize(("path", "name"), list(REQUESTS), ids=[f"{p} {n}" for p, n in REQUESTS])
@@ -140,15 +171,9 @@ def test_same_answer_with_and_without_the_fast_path(clients, path, name, monkeyp
     body, content_type, fast = REQUESTS[path, name]
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"content-type": content_type} if content_type else {}
-    taken = []
-    answer, handlers = server.fastpath.answer, clients[0].app.exception_handlers
-    monkeypatch.setattr(server.fastpath, "answer", lambda *a: taken.append(1) or answer(*a))
-    refused = handlers[server.fastpath.ApiError]
-    monkeypatch.setitem(
-        handlers, server.fastpath.ApiError, lambda *a: taken.append(1) or refused(*a)
-    )
+    passed_on = inner_app_calls(clients[0], monkeypatch)
     got, want = (c.post(path, content=data, headers=headers) for c in clients)
-    assert bool(taken) == fast
+    assert passed_on == ([1] if fast is False else [])
     assert got.status_code == want.status_code
     assert got.content == want.content
     assert {k: v for k, v in got.headers.items() if k not in TIMING} == {
@@ -162,6 +187,7 @@ def test_same_answer_with_and_without_the_fast_path(clients, path, name, monkeyp
     [
         ("/v1/embed", json.dumps({"images": IMAGES[:1]}).encode(), JSON),
         ("/v1/embed/files", form(*ONE), FORM),
+        ("/v1/embeddings", json.dumps({"input": IMAGES[0], "model": MODEL}).encode(), JSON),
     ],
 )
 def test_fast_answers_are_counted_under_the_route(clients, path, body, content_type):

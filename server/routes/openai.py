@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 
 from server.codec import FastJSON, encode
@@ -20,6 +21,7 @@ from server.errors import ApiError, MalformedBody, ModelNotFound, describe
 from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonService, ServiceDep
 from server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, OpenAIErrorBody
+from server.service import Service
 
 # the first word of our messages -> the request field it is about
 PARAMS = {"dimensions": "dimensions", "image": "input", "batch": "input", "model": "model"}
@@ -31,6 +33,13 @@ def openai_error(
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"message": message, "type": kind, "param": param, "code": code}
     return FastJSON({"error": body}, status_code=status, headers=headers)
+
+
+def refusal(e: ApiError) -> FastJSON:
+    """An ApiError in OpenAI's shape; also server.fastpath's for this route."""
+    status = 400 if e.status == 422 else e.status
+    param = PARAMS.get(e.message.split(" ", 1)[0])
+    return openai_error(status, e.message, e.code, param, e.headers)
 
 
 class OpenAIErrors(APIRoute):
@@ -48,9 +57,7 @@ class OpenAIErrors(APIRoute):
                 param = str(loc[1]) if len(loc) > 1 else None
                 return openai_error(400, describe(errors), "invalid_request", param)
             except ApiError as e:
-                status = 400 if e.status == 422 else e.status
-                param = PARAMS.get(e.message.split(" ", 1)[0])
-                return openai_error(status, e.message, e.code, param, e.headers)
+                return refusal(e)
             except HTTPException as e:  # FastAPI's "error parsing the body" (e.g. not UTF-8)
                 message = "the body cannot be parsed as JSON (invalid JSON or not UTF-8)"
                 return openai_error(e.status_code, message, MalformedBody.code, None)
@@ -64,6 +71,11 @@ router = APIRouter(tags=["openai"], responses=OPENAI_ERRORS, route_class=OpenAIE
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse)
 async def embeddings(body: EmbeddingsRequest, request: Request, svc: JsonService) -> FastJSON:
+    return await embed_openai(body, svc, request.state)
+
+
+async def embed_openai(body: EmbeddingsRequest, svc: Service, state: State) -> FastJSON:
+    """The route's work; also server.fastpath's, which takes its well-formed requests."""
     served = svc.settings.model_name
     if body.model != served:
         raise ModelNotFound(
@@ -71,7 +83,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request, svc: JsonService
         )
     images = [body.input] if isinstance(body.input, str) else body.input
     out = await svc.embed(images, body.dimensions, dim_name="dimensions")
-    record_timing(request.state, out.timing)
+    record_timing(state, out.timing)
     data = [
         {"object": "embedding", "index": i, "embedding": v}
         for i, v in enumerate(encode(out.vectors, body.encoding_format))
