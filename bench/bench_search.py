@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from trainer.ann import SearchKnobs, build_ann
+from trainer.ann import AnnIndex, SearchKnobs, build_ann
 from trainer.nesting import truncate_normalize_np
 from trainer.search import rerank
 
@@ -542,6 +542,12 @@ def main() -> None:
     p.add_argument("--threshold-sizes", default="10000,50000,200000")
     p.add_argument("--threshold-nprobe", type=int, default=128)
     p.add_argument("--threshold-ef", type=int, default=128)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="N rounds of the flat baseline and each --nprobes x --shortlists setting of the "
+        "one --grid entry, timed at batch 1 in turn: median and spread of the speed-up",
+    )
     p.add_argument("--fingerprint", default="synthetic", help="checkpoint fingerprint (real)")
     p.add_argument("--plot", nargs="+", type=Path, help="JSON results to plot (no run)")
     p.add_argument("--plot-out", type=Path, default=Path("docs/results/search-pareto.png"))
@@ -587,7 +593,9 @@ def main() -> None:
         publish_real_index(a, work, a.index_out)
     if a.prepare_only or a.index_out:
         return
-    if a.threshold:
+    if a.repeat:
+        res["repeat"] = repeat_run(a, store, queries, truth, work)
+    elif a.threshold:
         res["threshold"] = threshold_sweep(store, queries, a.threshold, ints(a.threshold_sizes), a)
     elif not a.serve_only:
         res.update(grid_run(a, store, queries, truth, work))
@@ -619,6 +627,101 @@ def grid_run(a, store, queries, truth, work) -> dict:
         ]
     res["best"] = best(res["rows"])
     return res
+
+
+def flat_b1_ms(store: np.ndarray, queries: np.ndarray, rows: int, shards: int) -> float:
+    """ms/query at batch 1 of exact full-dim flat search over the first `rows` rows, scaled to
+    all rows; `shards` > 1 splits the rows over threads (FAISS scans one query on one)."""
+    width = store.shape[1]
+    index = faiss.IndexShards(width, True, False)
+    parts = [faiss.IndexFlatIP(width) for _ in range(shards)]
+    per = -(-rows // shards)
+    for i, part in enumerate(parts):
+        for start in range(i * per, min(rows, (i + 1) * per), 65536):
+            end = min(rows, (i + 1) * per, start + 65536)
+            part.add(truncate_normalize_np(store[start:end], width))
+        index.add_shard(part)
+    q = truncate_normalize_np(queries, width)
+    ms = per_query_ms(lambda x: index.search(x, K), q, 1, 6.0) * len(store) / rows
+    index.reset()
+    return ms
+
+
+def repeat_run(a, store, queries, truth, work) -> dict:
+    """The baseline and the settings timed in turn, a.repeat times, in one process: a ratio
+    from one round shares that round's load; the median and spread say how stable it is."""
+    from server.rowfile import RowFile
+    from server.vectors import Rows
+
+    (entry,) = parse_grid(a.grid)
+    factory, dim = entry["factory"], entry["dim"]
+    path = ann_file(work, factory, dim)
+    if path.exists():
+        ann = AnnIndex.load(path, dim, factory)
+    else:
+        ann = build_ann(factory, dim, store, train_size=a.train_size)
+        ann.save(path)
+    bank = Rows(RowFile(work / "store.npy"), store.shape[1])
+    width = store.shape[1]
+    rows = min(len(store), a.baseline_rows)
+    settings = []
+    for nprobe in ints(a.nprobes):
+        for shortlist in ints(a.shortlists):
+            kn = SearchKnobs(nprobe=nprobe)
+
+            def run(q, kn=kn, shortlist=shortlist):
+                return rerank(bank, q, ann.search(q, shortlist, kn)[1], K, width)[1]
+
+            found = np.concatenate([run(queries[i : i + 1]) for i in range(len(queries))])
+            settings.append(
+                {
+                    "nprobe": nprobe,
+                    "shortlist": shortlist,
+                    "run": run,
+                    "recall_at_10": recall(found, truth),
+                    "rounds": [],
+                }
+            )
+    base_1, base_2 = [], []
+    for r in range(a.repeat):
+        base_1.append(flat_b1_ms(store, queries, rows, 1))
+        base_2.append(flat_b1_ms(store, queries, rows, 2))
+        for s in settings:
+            s["rounds"].append(per_query_ms(s["run"], queries, 1, 3.0))
+        print(
+            f"round {r}: flat {base_1[-1]:.0f} ms (2 threads {base_2[-1]:.0f}), "
+            + ", ".join(
+                f"{s['nprobe']}/{s['shortlist']}: {s['rounds'][-1]:.2f} ms" for s in settings
+            ),
+            flush=True,
+        )
+    out = []
+    for s in settings:
+        ratio = np.array(base_1) / np.array(s["rounds"])
+        ratio_2 = np.array(base_2) / np.array(s["rounds"])
+        out.append(
+            {
+                "factory": factory,
+                "dim": dim,
+                "nprobe": s["nprobe"],
+                "shortlist": s["shortlist"],
+                "recall_at_10": s["recall_at_10"],
+                "ms_b1": s["rounds"],
+                "speedup_b1": ratio.tolist(),
+                "speedup_b1_median": float(np.median(ratio)),
+                "speedup_b1_min": float(ratio.min()),
+                "speedup_b1_max": float(ratio.max()),
+                "speedup_b1_vs_2_thread_flat_median": float(np.median(ratio_2)),
+            }
+        )
+        print(json.dumps(out[-1]), flush=True)
+    return {
+        "baseline_rows": rows,
+        "scale": len(store) / rows,
+        "flat_b1_ms": base_1,
+        "flat_b1_ms_2_threads": base_2,
+        "settings": out,
+    }
 
 
 def serving(a, work: Path, n: int, width: int) -> dict:

@@ -65,10 +65,16 @@ class RowFile:
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         starts = np.concatenate([[0], breaks]).tolist()
         ends = [*breaks.tolist(), len(rows)]
-        if len(starts) == len(rows):  # scattered rows (a rerank's gather): one read each
+        if len(starts) == len(rows):  # scattered rows (a rerank's gather): one read each,
+            # straight into `out` (no bytes objects to join and copy again)
             span, base = (hi - lo) * item, self.offset + lo * item
-            data = b"".join([self._pread(span, base + r * self.row_bytes) for r in rows.tolist()])
-            out[:] = np.frombuffer(data, self.dtype).reshape(out.shape)
+            flat = memoryview(out.reshape(-1).view(np.uint8))
+            for i, r in enumerate(rows.tolist()):
+                got = os.preadv(
+                    self._fd, [flat[i * span : (i + 1) * span]], base + r * self.row_bytes
+                )
+                if got != span:
+                    raise OSError(f"{self.path}: short read of row {r} ({got} of {span} bytes)")
             return out
         block = max(1, BLOCK_BYTES // self.row_bytes)
         for s, e in zip(starts, ends, strict=True):

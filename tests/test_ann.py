@@ -118,6 +118,26 @@ def test_save_load_round_trip(data, tmp_path, factory):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,SQ8"])
+def test_one_query_at_a_time_equals_a_batch(data, factory):
+    """A single query's IVF search splits its lists over threads (parallel_mode 1), a batch
+    splits its queries (parallel_mode 0): the same ids and scores either way."""
+    bank, queries, _ = data
+    ann = build_ann(factory, DIM, bank, train_size=N)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        knobs = SearchKnobs(nprobe=4)
+        s_batch, i_batch = ann.search(queries, 50, knobs)
+        assert ann._ivf.parallel_mode == 0
+        one = [ann.search(queries[r : r + 1], 50, knobs) for r in range(len(queries))]
+        assert ann._ivf.parallel_mode == 1
+    finally:
+        faiss.omp_set_num_threads(threads)
+    np.testing.assert_array_equal(np.concatenate([i for _, i in one]), i_batch)
+    np.testing.assert_allclose(np.concatenate([s for s, _ in one]), s_batch, rtol=1e-6)
+
+
 def test_bad_factory_is_a_clear_error():
     with pytest.raises(ValueError, match=r"FAISS cannot build index 'Nope'.*examples"):
         AnnIndex.create("Nope", 16)

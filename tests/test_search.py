@@ -121,3 +121,19 @@ def test_bad_arguments_raise_value_error(k, dim, message):
     bank = np.ones((100, 16), dtype=np.float32)
     with pytest.raises(ValueError, match=message):
         search(bank, bank[:2], k, dim)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_truncate_normalize_np_never_writes_its_input(dtype):
+    """It divides in place only into its own copy: the caller's rows stay as they were."""
+    from trainer.nesting import truncate_normalize_np
+
+    x = np.random.default_rng(0).standard_normal((6, 16)).astype(dtype)
+    before = x.copy()
+    for dim in (16, 8):
+        out = truncate_normalize_np(x, dim)
+        np.testing.assert_array_equal(x, before)
+        ref = before[:, :dim].astype(np.float64)
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+        np.testing.assert_allclose(out, ref, rtol=1e-3 if dtype == "float16" else 1e-6)
+        assert out.dtype == np.float32 and out.flags.c_contiguous

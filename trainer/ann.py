@@ -56,6 +56,7 @@ class AnnIndex:
         self.binary = is_binary(factory)
         self.dead: set[int] = set()
         self._gpu: faiss.Index | None = None
+        self._ivf = None if self.binary else faiss.try_extract_index_ivf(index)
 
     # build --------------------------------------------------------------------------------
 
@@ -135,6 +136,11 @@ class AnnIndex:
             raise ValueError(f"queries must have shape [n, >= {self.dim}], got {queries.shape}")
         index = self._gpu if self._gpu is not None else self.index
         self._apply(index, knobs or SearchKnobs())
+        if self._ivf is not None:
+            # FAISS splits an IVF search over queries (parallel_mode 0): one query would use
+            # one thread; with fewer queries than threads, split each query's lists instead.
+            few = len(queries) < faiss.omp_get_max_threads()
+            self._ivf.parallel_mode = 1 if few else 0
         fetch = min(k + len(self.dead), max(self.ntotal, 1))
         if self._gpu is not None:
             fetch = min(fetch, GPU_MAX_K)

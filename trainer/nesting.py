@@ -51,11 +51,14 @@ def truncate_normalize_np(x: np.ndarray, dim: int) -> np.ndarray:
     v = np.ascontiguousarray(x[..., :dim], dtype=np.float32)
     with np.errstate(over="ignore", under="ignore"):
         norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    out = v / np.maximum(norms, 1e-12)
     # float32 squares overflow above ~1e19 and underflow below ~1e-19: such rows (huge
     # values, denormals) are normalised in float64, where neither happens.
     unsafe = ~((norms > 1e-18) & (norms < 1e18))[..., 0]
-    if unsafe.any():
-        w = v[unsafe].astype(np.float64)
+    w = v[unsafe].astype(np.float64) if unsafe.any() else None
+    # v is a fresh copy unless x was contiguous float32 (then a view of it): divide in
+    # place only into a copy, never into the caller's array
+    copy = not np.may_share_memory(v, x)
+    out = np.divide(v, np.maximum(norms, 1e-12), out=v if copy else None)
+    if w is not None:
         out[unsafe] = w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-300)
     return np.ascontiguousarray(out, dtype=np.float32)
