@@ -23,6 +23,25 @@ def test_shapes_is_deterministic_and_cached(tmp_path):
     assert np.array_equal(np.asarray(dd["test"][3]["image"]), np.asarray(again["test"][3]["image"]))
 
 
+def test_shapes_generated_by_two_runs_at_once_keeps_the_first_copy(tmp_path, monkeypatch):
+    """Two runs of a new seed (the ablation harness starts them together): the slower one's
+    rename meets the faster one's folder; it must load that folder, not fail."""
+    import trainer.data as data_module
+
+    monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 20, "test": 10})
+    final = tmp_path / "shapes-v1-32px-seed3"
+    real_save = data_module.datasets.DatasetDict.save_to_disk
+
+    def other_run_finishes_first(self, path, **kw):
+        real_save(self, str(final))
+        real_save(self, path, **kw)
+
+    monkeypatch.setattr(data_module.datasets.DatasetDict, "save_to_disk", other_run_finishes_first)
+    dd = shapes_dataset(tmp_path, 32, seed=3)
+    assert len(dd["train"]) == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
 def _odd_images():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)

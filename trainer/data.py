@@ -6,6 +6,8 @@ built-in data and ImageNet-100 flow through the same code.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import datasets
@@ -44,9 +46,16 @@ def shapes_dataset(cache_dir: Path, image_size: int, seed: int) -> datasets.Data
             {"image": list(images), "label": labels.tolist()}, features=features
         )
     dd = datasets.DatasetDict(splits)
-    tmp = path.with_name(path.name + ".tmp")
+    # Parallel runs (the ablation harness, DDP ranks) may generate the same seed at once: each
+    # writes its own folder and the first rename wins; the data are identical by construction.
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     dd.save_to_disk(str(tmp))
-    tmp.replace(path)
+    try:
+        tmp.replace(path)
+    except OSError:
+        if not (path / "dataset_dict.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
 
 
