@@ -42,7 +42,7 @@ def backbone_grad_norms(cfg: TrainConfig, seed: int, checkpoint: Path | None) ->
     spec = ModelConfig.of(cfg)
     augment = BatchTwoCrop(AugmentParams(cfg.image_size), spec.mean, spec.std)
     im_q, im_k = augment(batch, torch.arange(len(batch)), seed, 0)
-    q, k = moco(im_q, im_k)
+    q, k, _ = moco(im_q, im_k)
     _, per_dim = MoCoMatryoshkaLoss(cfg.nesting_list, cfg.temp)(q, k, moco.queue)
     params = list(moco.encoder_q.backbone.parameters())
     norms = []

@@ -86,3 +86,59 @@ def test_head_bn_equalises_coordinate_energy_and_loads(tiny_config):
     encoder = load_encoder(Checkpoint.capture(cfg, model))
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(encoder(x), model.encoder_q.eval()(x))
+
+
+def _grads(cfg, x: torch.Tensor, which: str):
+    """Backbone and head gradients of the total (or the unweighted full-dim) loss on one batch,
+    from the same initial weights."""
+    from trainer.loss import build_loss
+
+    torch.manual_seed(1)
+    model = build_moco(cfg, bn_splits=1)
+    q, k, q_prefix = model(x, x.flip(3))
+    total, per_dim = build_loss(cfg)(q, k, model.queue, q_prefix)
+    (total if which == "total" else per_dim[-1]).backward()
+    enc = model.encoder_q
+    backbone = [p.grad.clone() for p in enc.backbone.parameters()]
+    return backbone, [p.grad.clone() for p in enc.head.parameters()]
+
+
+def test_prefix_grad_scales_only_what_the_nested_losses_send_into_the_backbone(tiny_config):
+    from trainer.loss import training_weights
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32)
+    configs = {a: tiny_config(prefix_grad=a, shuffle_bn=False) for a in (1.0, 0.5, 0.0)}
+    for a, cfg in configs.items():
+        torch.manual_seed(1)
+        q, _, q_prefix = build_moco(cfg, bn_splits=1)(x, x)
+        torch.testing.assert_close(q_prefix, q)  # the same embedding: only the backward differs
+        assert (q_prefix is q) == (a == 1.0)
+    grads = {a: _grads(cfg, x, "total") for a, cfg in configs.items()}
+    # the head gets every loss in full, whatever the backbone gets
+    for a in (0.5, 0.0):
+        for g, g1 in zip(grads[a][1], grads[1.0][1], strict=True):
+            torch.testing.assert_close(g, g1, rtol=1e-4, atol=1e-6)
+    # at 0 the backbone gets the full-dim loss alone, at weight 1: the non-nested model's step
+    full_only, _ = _grads(configs[0.0], x, "full")  # d L_D / d backbone, scaled by 1 / w_D
+    w_full = training_weights(configs[0.0].nesting_list, configs[0.0].loss_weights)[-1]
+    for g, g_full in zip(grads[0.0][0], full_only, strict=True):
+        torch.testing.assert_close(g, g_full * w_full, rtol=1e-4, atol=1e-5)
+    # in between, the backbone's gradient lies between the two
+    diff = {
+        a: sum((g - g1).norm() for g, g1 in zip(grads[a][0], grads[1.0][0], strict=True))
+        for a in (0.5, 0.0)
+    }
+    assert 0 < diff[0.5] < diff[0.0]
+
+
+def test_prefix_pass_leaves_the_head_running_statistics_alone(tiny_config):
+    x = torch.randn(16, 3, 32, 32)
+    stats = []
+    for a in (1.0, 0.0):
+        torch.manual_seed(1)
+        model = build_moco(tiny_config(prefix_grad=a, shuffle_bn=False), bn_splits=1)
+        model(x, x)
+        bn = model.encoder_q.head[-1].bn
+        stats.append((bn.running_mean.clone(), bn.running_var.clone()))
+    torch.testing.assert_close(stats[0], stats[1])

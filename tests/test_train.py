@@ -113,8 +113,8 @@ def test_sigterm_mid_epoch_saves_and_resumes(tiny_dataset, tmp_path):
     assert load_checkpoint(out / "checkpoint.pt").step == step + 2
 
 
-def test_prefix_heads_and_distill_train_and_resume_exactly(tiny_config, tmp_path):
-    opts = dict(epochs=1, prefix_heads=True, distill=1.0, val_fraction=0.2)
+def test_prefix_heads_distill_and_prefix_grad_train_and_resume_exactly(tiny_config, tmp_path):
+    opts = dict(epochs=1, prefix_heads=True, distill=1.0, val_fraction=0.2, prefix_grad=0.5)
     train(tiny_config(output_dir=tmp_path / "a", **opts))
     train(tiny_config(output_dir=tmp_path / "b", max_steps=3, **opts))
     train(tiny_config(output_dir=tmp_path / "b", resume="auto", **opts))
@@ -125,3 +125,5 @@ def test_prefix_heads_and_distill_train_and_resume_exactly(tiny_config, tmp_path
     assert not torch.equal(head, torch.eye(8))  # the heads were trained
     for name in a.loss:
         torch.testing.assert_close(a.loss[name], b.loss[name], rtol=0, atol=0)
+    for name in a.encoder_q:
+        torch.testing.assert_close(a.encoder_q[name], b.encoder_q[name], rtol=0, atol=0)

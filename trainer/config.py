@@ -94,6 +94,14 @@ class TrainConfig(BaseModel):
         description="a linear predictor per nesting dim on the query side, used only by the "
         "loss (the served embedding is unchanged)",
     )
+    prefix_grad: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="scale of the gradient the nested (below full-dim) losses send into the "
+        "backbone; the head still gets them in full and the backbone's weights are renormalised "
+        "(0: the backbone trains like the non-nested model, only the head learns the nesting)",
+    )
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(40, ge=1)
     lr: float = Field(

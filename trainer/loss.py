@@ -46,20 +46,37 @@ class MoCoMatryoshkaLoss(nn.Module):
         self.register_buffer("weights", w.float(), persistent=False)
         self.heads = PrefixHeads(self.nesting_list) if prefix_heads else None
 
-    def logits(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> list[torch.Tensor]:
+    def logits(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        queue: torch.Tensor,
+        q_prefix: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """[N, 1 + K] logits (positive first) at every nesting dim."""
         out = []
+        last = len(self.nesting_list) - 1
         for i, d in enumerate(self.nesting_list):
-            qd = F.normalize(q[:, :d] if self.heads is None else self.heads(q, i), dim=1)
+            qi = q if i == last or q_prefix is None else q_prefix
+            qd = F.normalize(qi[:, :d] if self.heads is None else self.heads(qi, i), dim=1)
             kd = F.normalize(k[:, :d], dim=1)
             negd = F.normalize(queue[:, :d], dim=1)
             l_pos = (qd * kd).sum(1, keepdim=True)
             out.append(torch.cat([l_pos, qd @ negd.T], dim=1) / self.temperature)
         return out
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        queue: torch.Tensor,
+        q_prefix: torch.Tensor | None = None,
+    ):
+        """q_prefix (default q) is what the dims below the full one read: MoCo passes a copy
+        whose gradient into the backbone is scaled (`--prefix-grad`)."""
         q, k, queue = q.float(), k.detach().float(), queue.detach().float()
-        logits = self.logits(q, k, queue)
+        q_prefix = q if q_prefix is None else q_prefix.float()
+        logits = self.logits(q, k, queue, q_prefix)
         target = torch.zeros(len(q), dtype=torch.long, device=q.device)
         per_dim = torch.stack([F.cross_entropy(lg, target) for lg in logits])
         total = (self.weights.to(per_dim.device) * per_dim).sum()

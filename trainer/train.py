@@ -257,8 +257,8 @@ def train_step(run: Run, im_q: torch.Tensor, im_k: torch.Tensor, step: int):
         group["lr"] = lr
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        q, k = run.runner(im_q, im_k)
-    loss, per_dim = run.loss_fn(q, k, run.model.queue)
+        q, k, q_prefix = run.runner(im_q, im_k)
+    loss, per_dim = run.loss_fn(q, k, run.model.queue, q_prefix)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
