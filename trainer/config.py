@@ -105,7 +105,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(40, ge=1)
     lr: float = Field(
-        0.03, gt=0, description="learning rate for a global batch of 256 (scaled linearly)"
+        0.015, gt=0, description="learning rate for a global batch of 256 (scaled linearly)"
     )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0)
