@@ -95,12 +95,13 @@ class TrainConfig(BaseModel):
         "loss (the served embedding is unchanged)",
     )
     prefix_grad: float = Field(
-        1.0,
+        0.0,
         ge=0,
         le=1,
         description="scale of the gradient the nested (below full-dim) losses send into the "
         "backbone; the head still gets them in full and the backbone's weights are renormalised "
-        "(0: the backbone trains like the non-nested model, only the head learns the nesting)",
+        "(0, the default: the backbone trains like the non-nested model and only the head learns "
+        "the nesting; 1: the plain Matryoshka loss)",
     )
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(40, ge=1)
