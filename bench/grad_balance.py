@@ -58,7 +58,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: fresh init)")
     ap.add_argument("--out", type=Path, default=RESULTS / "grad_balance.json")
     args = ap.parse_args()
-    cfg = TrainConfig()
+    # the plain nested loss (every loss through q into the backbone), whatever the default
+    # --prefix-grad: these are the gradients the weightings have to balance
+    cfg = TrainConfig(prefix_grad=1.0)
     dims = cfg.nesting_list
     seeds = [int(s) for s in args.seeds.split(",")]
     norms = np.array([backbone_grad_norms(cfg, s, args.checkpoint) for s in seeds])
