@@ -75,7 +75,7 @@ class MoCoMatryoshkaLoss(nn.Module):
         """q_prefix (default q) is what the dims below the full one read: MoCo passes a copy
         whose gradient into the backbone is scaled (`--prefix-grad`)."""
         q, k, queue = q.float(), k.detach().float(), queue.detach().float()
-        q_prefix = q if q_prefix is None else q_prefix.float()
+        q_prefix = None if q_prefix is None else q_prefix.float()
         logits = self.logits(q, k, queue, q_prefix)
         target = torch.zeros(len(q), dtype=torch.long, device=q.device)
         per_dim = torch.stack([F.cross_entropy(lg, target) for lg in logits])
