@@ -10,13 +10,13 @@ import pytest
 import torch
 from search_reference import search
 
-from trainer.checkpoint import Checkpoint, save_checkpoint
+from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trainer.errors import run_cli
 from trainer.evaluate import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import truncate_normalize, truncate_normalize_np
 
-KEYS = {"checkpoint", "dataset", "n_train", "n_test", "metrics"}
+KEYS = {"checkpoint", "dataset", "rotation", "n_train", "n_test", "metrics"}
 ROW_KEYS = {"dim", "knn_top1", "map_at_k", "k", "map_k"}
 
 
@@ -196,16 +196,28 @@ def test_one_extraction_sliced_equals_embedding_each_dim(tiny_dataset, checkpoin
         np.testing.assert_allclose(truncate_normalize_np(full, dim), alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("rotation", ["none", "pca"])
 def test_evaluate_encoder_matches_cli_and_restores_train_mode(
-    monkeypatch, capsys, tmp_path, checkpoint
+    monkeypatch, capsys, tmp_path, checkpoint, rotation
 ):
+    """In-training evaluation scores what the checkpoint will serve, rotation included."""
+    from trainer.rotation import fit_rotation
+
     path, cfg, encoder = checkpoint
+    cfg = cfg.model_copy(update={"rotation": rotation})
+    ckpt = load_checkpoint(path)
+    if rotation == "pca":
+        ckpt.rotation = fit_rotation(encoder, cfg, torch.device("cpu"))
+    save_checkpoint(ckpt, path)
     encoder.train()
     rows = evaluate_encoder(encoder, cfg, "cpu", batch_size=64)
     assert encoder.training
     out = tmp_path / "ck.json"
     assert cli(monkeypatch, capsys, "--checkpoint", path, "--output", out, "--no-plot")[0] == 0
-    assert rows == json.loads(out.read_text())["metrics"]
+    served = json.loads(out.read_text())
+    assert served["rotation"] == rotation
+    for got, want in zip(rows, served["metrics"], strict=True):
+        assert got == pytest.approx(want, abs=1e-9)
 
 
 def test_random_init_scores_a_reinitialised_network(monkeypatch, capsys, tmp_path, checkpoint):

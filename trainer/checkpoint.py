@@ -48,6 +48,9 @@ class Checkpoint:
     world_size: int = 1
     # Training-only loss parameters (the per-prefix heads); nothing that serves reads them.
     loss: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The served basis ([D, D], orthogonal; trainer.rotation), fitted when training finished.
+    # None: serve the trained coordinates (also every checkpoint saved mid-run).
+    rotation: torch.Tensor | None = None
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -61,6 +64,7 @@ class Checkpoint:
         epoch: int = 0,
         world_size: int = 1,
         loss: torch.nn.Module | None = None,
+        rotation: torch.Tensor | None = None,
     ) -> Checkpoint:
         """The state of a running MoCo model (tensors are shared, not copied)."""
         return cls(
@@ -75,13 +79,18 @@ class Checkpoint:
             step=step,
             world_size=world_size,
             loss={} if loss is None else loss.state_dict(),
+            rotation=rotation,
         )
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short id of the weights, so an index built from another checkpoint can be refused."""
+        """A short id of what it serves (weights and rotation), so an index built from another
+        checkpoint can be refused."""
         h = hashlib.sha256()
-        for name, tensor in sorted(self.encoder_q.items()):
+        served = dict(self.encoder_q)
+        if self.rotation is not None:
+            served["<rotation>"] = self.rotation
+        for name, tensor in sorted(served.items()):
             h.update(name.encode())
             t = tensor.detach().cpu()
             h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
@@ -101,6 +110,7 @@ class Checkpoint:
             "step": self.step,
             "world_size": self.world_size,
             "loss": self.loss,
+            "rotation": self.rotation,
         }
 
 
@@ -131,8 +141,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}")
     try:
+        model = ModelConfig.model_validate(raw["model"])
         return Checkpoint(
-            model=ModelConfig.model_validate(raw["model"]),
+            model=model,
             train=TrainConfig.model_validate(raw["train"]),
             encoder_q=raw["encoder_q"],
             encoder_k=raw["encoder_k"],
@@ -143,6 +154,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             step=int(raw["step"]),
             world_size=int(raw["world_size"]),
             loss=raw["loss"],
+            rotation=_rotation(raw["rotation"], model.full_dim, path),
             source=path,
         )
     except (ValidationError, TypeError, ValueError) as e:
@@ -159,7 +171,24 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     """Any known format -> the current layout (optional entries filled in)."""
     if raw["format"] == FORMAT_V1:
         raw = _upgrade_v1(raw, path)
-    return {"queue_ptr": 0, "optimizer": None, "world_size": 1, "loss": {}, **raw}
+    if "rotation" not in raw and isinstance(raw.get("train"), dict):
+        # saved before --rotation existed: trained and served in the trained coordinates
+        raw = {**raw, "train": {"rotation": "none", **raw["train"]}}
+    return {"queue_ptr": 0, "optimizer": None, "world_size": 1, "loss": {}, "rotation": None, **raw}
+
+
+def _rotation(value: Any, width: int, path: Path) -> torch.Tensor | None:
+    """None, or a finite float [D, D] matrix for the model's D-dim embedding."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (width, width):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise CheckpointError(
+            f"checkpoint {path} has a rotation {got}, not a [{width}, {width}] matrix"
+        )
+    if not torch.isfinite(value).all():
+        raise CheckpointError(f"checkpoint {path} has a rotation with NaN or inf")
+    return value.float()
 
 
 def _upgrade_v1(raw: dict[str, Any], path: Path) -> dict[str, Any]:

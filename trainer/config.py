@@ -103,6 +103,12 @@ class TrainConfig(BaseModel):
         "(0, the default: the backbone trains like the non-nested model and only the head learns "
         "the nesting; 1: the plain Matryoshka loss)",
     )
+    rotation: Literal["pca", "none"] = Field(
+        "pca",
+        description="basis of the served embedding, fitted when training finishes: pca rotates "
+        "it (orthogonally: full-dim similarities unchanged) so each prefix holds the most "
+        "variance of the train split's embeddings; none serves the trained coordinates",
+    )
     batch_size: int = Field(128, ge=2, description="images per process per step")
     epochs: int = Field(40, ge=1)
     lr: float = Field(

@@ -20,6 +20,7 @@ from trainer.errors import UsageError, run_cli
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import default_dims, parse_nesting_list
 from trainer.report import load_result, markdown_table, plot, run_label
+from trainer.rotation import pca_rotation
 from trainer.search import GPU_MAX_K, build_index, gpu_count, search_index, set_threads
 
 if TYPE_CHECKING:
@@ -38,6 +39,13 @@ class Embedded(NamedTuple):
 
 
 NPZ_KEYS = Embedded._fields
+
+
+def pca_rotated(e: Embedded) -> Embedded:
+    """Both splits in the principal axes of the bank (trainer.rotation: what `--rotation pca`
+    serves once training finishes)."""
+    r = pca_rotation(e.train_x)
+    return e._replace(train_x=e.train_x @ r, test_x=e.test_x @ r)
 
 
 def check_embeddings(e: Embedded, dims: list[int], k: int, map_k: int) -> None:
@@ -155,6 +163,8 @@ def evaluate_encoder(
         e = embed_splits(encoder, cfg, ModelConfig.of(cfg), device, batch, 0, rank, world_size)
     finally:
         encoder.train(was_training)
+    if cfg.rotation == "pca":
+        e = pca_rotated(e)
     dims = list(cfg.nesting_list)
     check_embeddings(e, dims, k, map_k)
     set_threads(torch.get_num_threads())
@@ -240,6 +250,8 @@ def embed_checkpoint(args) -> tuple[Embedded, Checkpoint, TrainConfig]:
     cfg = ckpt.train.model_copy(update={k: v for k, v in overrides.items() if v})
     device = pick_device(args.device)
     encoder = load_encoder(ckpt, device)
+    if args.rotation != "auto" or args.random_init:
+        encoder.rotation = None  # none, or refitted on the bank; random weights have no fitted one
     if args.random_init:
         torch.manual_seed(cfg.seed)
         for module in encoder.modules():
@@ -280,6 +292,13 @@ def build_parser():
         "--random-init", action="store_true", help="score the checkpoint's network re-initialised"
     )
     parser.add_argument("--save-embeddings", type=Path, help="also write the extracted .npz")
+    parser.add_argument(
+        "--rotation",
+        choices=("auto", "pca", "none"),
+        default="auto",
+        help="auto: the checkpoint's own (none for --embeddings); pca: fit one on the bank "
+        "(what training fits); none: the trained coordinates",
+    )
     return parser
 
 
@@ -297,14 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         arrays, ckpt, cfg = embed_checkpoint(args)
         source = {"checkpoint": str(args.checkpoint), "dataset": cfg.dataset}
+        if args.rotation == "auto":
+            args.rotation = "pca" if ckpt.rotation is not None and not args.random_init else "none"
         model_dims = list(ckpt.model.nesting_list)
     dims = parse_nesting_list(args.nesting_list) if args.nesting_list else model_dims
+    if args.rotation == "pca":
+        check_embeddings(arrays, dims, args.k, args.map_k)
+        arrays = pca_rotated(arrays)
     if args.save_embeddings:
         args.save_embeddings.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.save_embeddings, **arrays._asdict())
     rows = evaluate_embeddings(arrays, dims, args.k, args.map_k, threads=args.threads)
     n = {"n_train": len(arrays.train_x), "n_test": len(arrays.test_x)}
-    result = {**source, **n, "metrics": rows}
+    rotation = "none" if args.rotation == "auto" else args.rotation
+    result = {**source, "rotation": rotation, **n, "metrics": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     label = args.label or ("random-init" if args.random_init else run_label(result, args.output))

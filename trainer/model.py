@@ -107,7 +107,8 @@ class OutputNorm(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Backbone + MoCo v2 MLP head. Its output is the D-dim Matryoshka embedding (raw)."""
+    """Backbone + MoCo v2 MLP head. Its output is the D-dim Matryoshka embedding (raw), times
+    the served rotation when a loaded checkpoint has one (never while training)."""
 
     def __init__(self, spec: ModelConfig, bn_splits: int = 1):
         super().__init__()
@@ -118,9 +119,11 @@ class Encoder(nn.Module):
         if spec.head_bn:
             layers.append(OutputNorm(spec.full_dim, norm))
         self.head = nn.Sequential(*layers)
+        self.register_buffer("rotation", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        z = self.head(self.backbone(x))
+        return z if self.rotation is None else z @ self.rotation
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -274,7 +277,8 @@ def build_moco(cfg: TrainConfig, bn_splits: int) -> MoCo:
 
 
 def load_encoder(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> Encoder:
-    """The query encoder of a loaded checkpoint, in eval mode, on `device`."""
+    """The query encoder of a loaded checkpoint (with its rotation), in eval mode, on `device`."""
     encoder = Encoder(checkpoint.model)
     encoder.load_state_dict(checkpoint.encoder_q)
+    encoder.rotation = checkpoint.rotation
     return encoder.to(device).eval()

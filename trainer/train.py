@@ -1,8 +1,9 @@
 """The training loop: `python -m trainer.train` (also the torchrun entry point).
 
 `train()` reads top to bottom: `setup` (process group, data, model, optimizer, resume), then
-epochs of `train_step`s (`run_epoch`), `end_epoch` (log, checkpoint, evaluate) and `finish`,
-which on SIGTERM saves the step reached. The MoCo algorithm itself is `trainer.model.MoCo`.
+epochs of `train_step`s (`run_epoch`), `end_epoch` (log, checkpoint, evaluate), the served
+rotation fitted once the last step is done (`trainer.rotation`), and `finish`, which on SIGTERM
+saves the step reached. The MoCo algorithm itself is `trainer.model.MoCo`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trainer.data import TrainData, load_splits
 from trainer.errors import UsageError, run_cli
 from trainer.loss import MoCoMatryoshkaLoss, build_loss
 from trainer.model import MoCo, build_moco
+from trainer.rotation import fit_rotation
 
 MAX_QUEUE_FRACTION = 0.25
 # Besides the whole ModelConfig, a resumed run must share these with its checkpoint.
@@ -142,7 +144,7 @@ class Run:
     def steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch
 
-    def save(self, step: int) -> Path:
+    def save(self, step: int, rotation: torch.Tensor | None = None) -> Path:
         """Rank 0 writes the checkpoint; other ranks do nothing."""
         path = self.cfg.output_dir / "checkpoint.pt"
         if self.env.is_main:
@@ -154,6 +156,7 @@ class Run:
                 epoch=step // self.steps_per_epoch,
                 world_size=self.env.world_size,
                 loss=self.loss_fn,
+                rotation=rotation,
             )
             save_checkpoint(ckpt, path)
         return path
@@ -195,6 +198,10 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         if stopping:
             return finish(run, step, history, stopped=True)
         history.append(end_epoch(run, epoch, step, stats))
+    if cfg.rotation == "pca":
+        # every rank fits (the embedding pass is shared); rank 0 saves
+        env = run.env
+        run.save(step, fit_rotation(run.model.encoder_q, cfg, run.device, env.rank, env.world_size))
     return finish(run, step, history, stopped=False)
 
 
