@@ -331,6 +331,10 @@ class ModelInfo(BaseModel):
     step: int
     epoch: int
     fingerprint: str
+    rotation: Literal["pca", "none"] = Field(
+        description="pca: the embedding is rotated onto the principal axes of the training "
+        "embeddings, so each prefix holds the most variance (docs/EVALUATION.md)"
+    )
     index_size: int | None
     read_only: bool
     links: dict[str, str] = Field(

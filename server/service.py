@@ -234,6 +234,7 @@ class Service:
             step=ckpt.step,
             epoch=ckpt.epoch,
             fingerprint=self.fingerprint,
+            rotation="none" if ckpt.rotation is None else "pca",
             index_size=len(self.store) if self.store is not None else None,
             read_only=self.settings.read_only,
         )

@@ -83,7 +83,7 @@ def test_health_ready_model(client):
     assert client.get("/readyz").status_code == 200
     info = client.get("/v1/model").json()
     assert info["nesting_list"] == NESTING and info["full_dim"] == 64
-    assert info["index_size"] == 320 and info["read_only"] is True
+    assert info["index_size"] == 320 and info["read_only"] is True and info["rotation"] == "pca"
     assert client.get("/docs").status_code == 200
 
 
