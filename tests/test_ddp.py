@@ -221,6 +221,11 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, procs):
             torch.tensor(lb[tag]), torch.tensor(la[tag]), rtol=1e-4, atol=1e-4
         )
     sa, sb = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(two / "checkpoint.pt")
+    # rank 0 fitted the served rotation once the last step was done
+    for rotation in (sa.rotation, sb.rotation):
+        torch.testing.assert_close(
+            rotation.T @ rotation, torch.eye(len(rotation)), atol=1e-5, rtol=0
+        )
     for ea, eb in ((sa.encoder_q, sb.encoder_q), (sa.encoder_k, sb.encoder_k)):
         for name, tensor in ea.items():
             if "running_" in name or "num_batches" in name:

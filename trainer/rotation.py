@@ -38,15 +38,9 @@ def pca_rotation(x: np.ndarray) -> np.ndarray:
     return (vectors * signs).astype(np.float32)
 
 
-def fit_rotation(
-    encoder: torch.nn.Module,
-    cfg: TrainConfig,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
-) -> torch.Tensor:
+def fit_rotation(encoder: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
     """PCA of the train split's embeddings (at most FIT_SAMPLES, evenly spaced), as preprocessed
-    for serving. Every rank must call it; all get the same matrix."""
+    for serving. One process, no collectives."""
     from trainer.data import load_splits
     from trainer.embed import extract_embeddings
     from trainer.preprocess import EvalPreprocess
@@ -65,8 +59,6 @@ def fit_rotation(
             cfg.label_column,
             device,
             cfg.batch_size,
-            rank,
-            world_size,
             desc="fit rotation",
         )
     finally:

@@ -198,10 +198,9 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         if stopping:
             return finish(run, step, history, stopped=True)
         history.append(end_epoch(run, epoch, step, stats))
-    if cfg.rotation == "pca":
-        # every rank fits (the embedding pass is shared); rank 0 saves
-        env = run.env
-        run.save(step, fit_rotation(run.model.encoder_q, cfg, run.device, env.rank, env.world_size))
+    if cfg.rotation == "pca" and run.env.is_main:
+        # rank 0 alone: the fit must see the BN statistics of the weights it saves
+        run.save(step, fit_rotation(run.model.encoder_q, cfg, run.device))
     return finish(run, step, history, stopped=False)
 
 
