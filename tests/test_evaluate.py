@@ -102,6 +102,11 @@ def bad_npz(tmp_path, **changes) -> str:
     return str(path)
 
 
+def one_row_bank(tmp_path) -> str:
+    a = clustered()
+    return bad_npz(tmp_path, train_x=a["train_x"][:1], train_y=a["train_y"][:1])
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
@@ -122,6 +127,20 @@ def bad_npz(tmp_path, **changes) -> str:
         (lambda p: ["--embeddings", bad_npz(p), "--compare", p / "no.json"], "no such file"),
         (lambda p: ["--embeddings", bad_npz(p), "--k", "many"], "invalid int"),
         (lambda p: ["--embeddings", bad_npz(p), "--checkpoint", p / "c.pt"], "not allowed"),
+        (
+            lambda p: [
+                "--embeddings",
+                one_row_bank(p),
+                "--k",
+                1,
+                "--map-k",
+                1,
+                "--rotation",
+                "pca",
+            ],
+            "at least 2 train",
+        ),
+        (lambda p: ["--embeddings", bad_npz(p), "--rotation", "svd"], "invalid choice"),
         (lambda p: [], "one of the arguments"),
     ],
 )

@@ -322,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     dims = parse_nesting_list(args.nesting_list) if args.nesting_list else model_dims
     if args.rotation == "pca":
         check_embeddings(arrays, dims, args.k, args.map_k)
+        if len(arrays.train_x) < 2:
+            raise UsageError("--rotation pca needs at least 2 train (bank) embeddings to fit")
         arrays = pca_rotated(arrays)
     if args.save_embeddings:
         args.save_embeddings.parent.mkdir(parents=True, exist_ok=True)
