@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,17 @@ def test_bad_grids_are_one_line_errors(tmp_path, text, message):
         load_grid(path)
     with pytest.raises(UsageError, match="no such file"):
         load_grid(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "grids").glob("*.toml")), ids=lambda p: p.name
+)
+def test_committed_grids_load_and_every_run_parses(path):
+    """Every grid in grids/ is valid and each of its runs' trainer flags parse."""
+    grid = load_grid(path)
+    runs = ablate.plan(grid, grid.seeds, None)
+    assert len(runs) == len(grid.variants) * len(grid.seeds)
+    assert all(r.width in (8, 32, 256) for r in runs)
 
 
 def test_table_is_mean_and_std_over_seeds_per_dim(tmp_path):
