@@ -6,7 +6,8 @@ order, so every rank ends with the whole [N, D] array and no rank waits idle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,17 @@ def _gather_shares(x: torch.Tensor, y: torch.Tensor, n: int, world_size: int):
         xs.append(torch.stack(got_x, 1).flatten(0, 1).cpu())
         ys.append(torch.stack(got_y, 1).flatten(0, 1).cpu())
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode for an extraction mid-training, then back to the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def extract_embeddings(

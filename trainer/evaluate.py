@@ -16,6 +16,7 @@ import torch
 
 from trainer.config import ModelConfig, TrainConfig, make_parser
 from trainer.device import pick_device
+from trainer.embed import eval_mode, extract_embeddings
 from trainer.errors import UsageError, run_cli
 from trainer.metrics import average_precision_at_k, knn_predict
 from trainer.nesting import default_dims, parse_nesting_list
@@ -156,13 +157,9 @@ def evaluate_encoder(
     device = torch.device(device)
     # a DDP wrapper would sync buffers on every forward; ranks run different batch counts
     encoder = getattr(encoder, "module", encoder)
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         batch = batch_size or cfg.batch_size
         e = embed_splits(encoder, cfg, ModelConfig.of(cfg), device, batch, 0, rank, world_size)
-    finally:
-        encoder.train(was_training)
     if cfg.rotation == "pca":
         e = pca_rotated(e)
     dims = list(cfg.nesting_list)
@@ -218,7 +215,6 @@ def embed_splits(
 ) -> Embedded:
     """cfg's two splits at full dim, preprocessed as the server preprocesses."""
     from trainer.data import load_splits
-    from trainer.embed import extract_embeddings
     from trainer.preprocess import EvalPreprocess
 
     preprocess = EvalPreprocess.of(model)

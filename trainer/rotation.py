@@ -42,15 +42,13 @@ def fit_rotation(encoder: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     """PCA of the train split's embeddings (at most FIT_SAMPLES, evenly spaced), as preprocessed
     for serving. One process, no collectives."""
     from trainer.data import load_splits
-    from trainer.embed import extract_embeddings
+    from trainer.embed import eval_mode, extract_embeddings
     from trainer.preprocess import EvalPreprocess
 
     train_ds, _ = load_splits(cfg)
     step = -(-len(train_ds) // FIT_SAMPLES)
     sample = train_ds if step == 1 else Subset(train_ds, range(0, len(train_ds), step))
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         x, _ = extract_embeddings(
             encoder,
             sample,
@@ -61,6 +59,4 @@ def fit_rotation(encoder: torch.nn.Module, cfg: TrainConfig, device: torch.devic
             cfg.batch_size,
             desc="fit rotation",
         )
-    finally:
-        encoder.train(was_training)
     return torch.from_numpy(pca_rotation(x))
