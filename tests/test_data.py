@@ -5,7 +5,16 @@ from PIL import Image
 
 from trainer import shapes
 from trainer.augment import AugmentParams, BatchTwoCrop, TwoCropTransform
-from trainer.data import DecodedImages, EpochSampler, TrainData, load_splits, shapes_dataset
+from trainer.config import TrainConfig
+from trainer.data import (
+    SHAPES_VERSION,
+    DecodedImages,
+    EpochSampler,
+    TrainData,
+    load_dataset_dict,
+    load_splits,
+    shapes_dataset,
+)
 from trainer.errors import UsageError
 from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
 
@@ -18,7 +27,7 @@ def test_shapes_is_deterministic_and_cached(tmp_path):
     assert not np.array_equal(a_img, c_img)
     assert set(a_lab.tolist()) == set(range(len(shapes.CLASSES)))
     dd = shapes_dataset(tmp_path, 32, seed=0)
-    assert (tmp_path / "shapes-v1-32px-seed0" / "dataset_dict.json").exists()
+    assert (tmp_path / f"shapes-v{SHAPES_VERSION}-32px-seed0" / "dataset_dict.json").exists()
     again = shapes_dataset(tmp_path, 32, seed=0)
     assert np.array_equal(np.asarray(dd["test"][3]["image"]), np.asarray(again["test"][3]["image"]))
 
@@ -29,7 +38,7 @@ def test_shapes_generated_by_two_runs_at_once_keeps_the_first_copy(tmp_path, mon
     import trainer.data as data_module
 
     monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 20, "test": 10})
-    final = tmp_path / "shapes-v1-32px-seed3"
+    final = tmp_path / f"shapes-v{SHAPES_VERSION}-32px-seed3"
     real_save = data_module.datasets.DatasetDict.save_to_disk
 
     def other_run_finishes_first(self, path, **kw):
@@ -40,6 +49,36 @@ def test_shapes_generated_by_two_runs_at_once_keeps_the_first_copy(tmp_path, mon
     dd = shapes_dataset(tmp_path, 32, seed=3)
     assert len(dd["train"]) == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+def test_shapes_train_split_does_not_depend_on_the_test_size(tmp_path, monkeypatch):
+    """v2 only enlarged the test split: checkpoints trained on v1 saw the same train images."""
+    import trainer.data as data_module
+
+    monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 30, "test": 10})
+    small = shapes_dataset(tmp_path / "a", 32, seed=5)
+    monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 30, "test": 40})
+    large = shapes_dataset(tmp_path / "b", 32, seed=5)
+    assert len(small["test"]) == 10 and len(large["test"]) == 40
+    for i in (0, 17, 29):
+        assert np.array_equal(
+            np.asarray(small["train"][i]["image"]), np.asarray(large["train"][i]["image"])
+        )
+    assert small["train"]["label"] == large["train"]["label"]
+
+
+def test_data_seed_fixes_the_shapes_dataset_across_seeds(tmp_path, monkeypatch):
+    import trainer.data as data_module
+
+    monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 20, "test": 10})
+
+    def first_image(**kw):
+        dd = load_dataset_dict(TrainConfig(dataset="shapes", cache_dir=tmp_path, **kw))
+        return np.asarray(dd["train"][0]["image"])
+
+    assert np.array_equal(first_image(seed=1, data_seed=0), first_image(seed=2, data_seed=0))
+    assert np.array_equal(first_image(seed=0), first_image(seed=3, data_seed=0))
+    assert not np.array_equal(first_image(seed=1), first_image(seed=2))
 
 
 def _odd_images():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trainer.checkpoint import load_checkpoint
+from trainer.errors import UsageError
 from trainer.train import train
 
 CLI = [sys.executable, "-m", "trainer.train"]
@@ -34,6 +35,15 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
     for name in a.encoder_q:
         torch.testing.assert_close(a.encoder_q[name], b.encoder_q[name], rtol=0, atol=0)
     torch.testing.assert_close(a.queue, b.queue, rtol=0, atol=0)
+
+
+def test_resume_refuses_another_dataset_seed(tiny_config, tmp_path):
+    """A resumed run must keep training on the data it started on."""
+    train(tiny_config(output_dir=tmp_path / "r", epochs=1, max_steps=2))
+    with pytest.raises(UsageError, match="dataset_seed=0, this run has 1"):
+        train(tiny_config(output_dir=tmp_path / "r", epochs=1, resume="auto", seed=1))
+    train(tiny_config(output_dir=tmp_path / "r", epochs=1, resume="auto", data_seed=0))
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt").step == 320 // 32
 
 
 def test_mid_epoch_resume_is_exact(tiny_config, tmp_path):

@@ -159,6 +159,11 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     seed: int = Field(0)
+    data_seed: int | None = Field(
+        None,
+        description="draws the generated shapes dataset (default: --seed); fix it so that seeds "
+        "vary only the training randomness",
+    )
     output_dir: Path = Field(Path("runs/default"), description="checkpoint and TensorBoard dir")
     resume: str = Field(
         "auto", description="auto (continue from output-dir/checkpoint.pt), never, or a path"
@@ -186,6 +191,11 @@ class TrainConfig(BaseModel):
     @property
     def embed_dim(self) -> int:
         return self.nesting_list[-1]
+
+    @property
+    def dataset_seed(self) -> int:
+        """The seed that draws the generated `shapes` dataset."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def plain(self) -> dict:
         """JSON-safe dict, for the checkpoint (weights_only) and TensorBoard."""

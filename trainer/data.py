@@ -23,8 +23,10 @@ from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_c
 from trainer.preprocess import stored_size as stored_size_for
 
 DATASET_ALIASES = {"imagenet-100": "clane9/imagenet-100"}
-SHAPES_SIZES = {"train": 5000, "test": 1000}
-SHAPES_VERSION = 1
+# v2: 10,000 test images (v1: 1,000), so a test score carries about 0.4 points of sampling noise
+# instead of 1.3; the train split is the same images.
+SHAPES_SIZES = {"train": 5000, "test": 10000}
+SHAPES_VERSION = 2
 # The validation slice does not move with --seed: every run of a sweep is judged on the same items.
 VAL_SEED = 1234
 # Datasets up to this many decoded bytes are held in memory as one uint8 tensor.
@@ -67,7 +69,7 @@ def load_dataset_dict(cfg: TrainConfig) -> datasets.DatasetDict:
     """Resolve --dataset: shapes, an alias, a save_to_disk folder, an image folder or a hub id."""
     name = cfg.dataset
     if name == "shapes":
-        return shapes_dataset(cfg.cache_dir, cfg.image_size, cfg.seed)
+        return shapes_dataset(cfg.cache_dir, cfg.image_size, cfg.dataset_seed)
     path = Path(name).expanduser()
     try:
         if path.exists():

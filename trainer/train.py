@@ -32,7 +32,7 @@ from trainer.rotation import fit_rotation
 
 MAX_QUEUE_FRACTION = 0.25
 # Besides the whole ModelConfig, a resumed run must share these with its checkpoint.
-RESUME_MUST_MATCH = ("queue_size", "dataset", "val_fraction", "prefix_heads")
+RESUME_MUST_MATCH = ("queue_size", "dataset", "dataset_seed", "val_fraction", "prefix_heads")
 
 
 class StopFlag:
