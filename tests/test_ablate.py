@@ -116,6 +116,25 @@ def test_table_is_mean_and_std_over_seeds_per_dim(tmp_path):
     assert "| **mrl (default)** | +10.0 / +5.0 | +10.0 / +5.0 | +0.0 / +0.0 |" in table
 
 
+def test_table_gives_each_variants_seed_std_relative_to_the_reference(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    runs = ablate.plan(grid, [0, 1], None)
+    by = {(r.variant, r.seed): r for r in runs}
+    fake_eval(by["base", 0], {8: 0.5, 16: 0.6, 32: 0.7})
+    fake_eval(by["base", 1], {8: 0.7, 16: 0.6, 32: 0.8})
+    fake_eval(by["mrl", 0], {8: 0.7, 16: 0.7, 32: 0.7})
+    fake_eval(by["mrl", 1], {8: 0.8, 16: 0.9, 32: 0.9})
+    fake_eval(by["ff8", 0], {8: 0.65})
+    summary = summarize(grid, runs, [0, 1], wall_s=5.0, jobs=2, threads=1)
+    ratio = [r["std_ratio"]["knn_top1"] for r in summary["differences"]["mrl"]]
+    assert ratio[0] == pytest.approx(0.5) and ratio[1] is None and ratio[2] == pytest.approx(2.0)
+    assert summary["differences"]["ff8"][0]["std_ratio"]["knn_top1"] is None  # one seed
+    table = markdown(summary)
+    assert "Seed std as a multiple of base's" in table
+    assert "| **mrl (default)** | 0.50x / 0.50x | - / - | 2.00x / 2.00x |" in table
+    assert "| ff8 | - / - | - | - |" in table
+
+
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     grid = load_grid(write_grid(tmp_path))
     runs = ablate.plan(grid, [0], None)

@@ -75,8 +75,13 @@ def summarize(grid, runs, seeds: list[int], *, wall_s: float, jobs: int, threads
     return summary
 
 
+def _ratio(std: float | None, ref_std: float | None) -> float | None:
+    return std / ref_std if std is not None and ref_std else None
+
+
 def differences(variants: list[dict], reference: str) -> dict:
-    """Mean difference to the reference variant, per variant and dim, in points (x100)."""
+    """Per variant and dim: the mean difference to the reference variant in points (x100), and
+    its seed std as a multiple of the reference's (`std_ratio`; None below two seeds)."""
     ref = next(v for v in variants if v["name"] == reference)
     ref_rows = {r["dim"]: r for r in ref["rows"]}
     out = {}
@@ -89,6 +94,9 @@ def differences(variants: list[dict], reference: str) -> dict:
                 **{
                     key: 100 * (r[key]["mean"] - ref_rows[r["dim"]][key]["mean"])
                     for key, _ in METRICS
+                },
+                "std_ratio": {
+                    key: _ratio(r[key]["std"], ref_rows[r["dim"]][key]["std"]) for key, _ in METRICS
                 },
             }
             for r in v["rows"]
@@ -103,6 +111,10 @@ def _cell(stats: dict | None) -> str:
     if stats["std"] is None:
         return f"{stats['mean']:.3f}"
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def _name(v: dict) -> str:
@@ -136,6 +148,22 @@ def markdown(summary: dict) -> str:
             rows = {r["dim"]: r for r in summary["differences"][v["name"]]}
             cells = [
                 f"{rows[d]['knn_top1']:+.1f} / {rows[d]['map_at_k']:+.1f}" if d in rows else "-"
+                for d in dims
+            ]
+            lines.append(f"| {_name(v)} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+        lines = [
+            f"Seed std as a multiple of {ref}'s (kNN top-1 / mAP@10), by dim:",
+            "",
+            "| variant | " + " | ".join(map(str, dims)) + " |",
+            "|---|" + "---:|" * len(dims),
+        ]
+        for v in variants:
+            if v["name"] == ref:
+                continue
+            rows = {r["dim"]: r["std_ratio"] for r in summary["differences"][v["name"]]}
+            cells = [
+                " / ".join(_times(rows[d][key]) for key, _ in METRICS) if d in rows else "-"
                 for d in dims
             ]
             lines.append(f"| {_name(v)} | " + " | ".join(cells) + " |")
