@@ -89,15 +89,26 @@ def test_committed_grids_load_and_every_run_parses(path):
     assert all(r.width in (8, 32, 256) for r in runs)
 
 
-def test_table_is_mean_and_std_over_seeds_per_dim(tmp_path):
+def summary_of(tmp_path, evals: dict[tuple[str, int], dict[int, float]]) -> dict:
+    """The summary of the test grid (seeds 0 and 1) after the given (variant, seed) evals."""
     grid = load_grid(write_grid(tmp_path))
     runs = ablate.plan(grid, [0, 1], None)
-    by = {(r.variant, r.seed): r for r in runs}
-    fake_eval(by["base", 0], {8: 0.5, 16: 0.6, 32: 0.7})
-    fake_eval(by["base", 1], {8: 0.7, 16: 0.6, 32: 0.9})
-    fake_eval(by["mrl", 0], {8: 0.7, 16: 0.7, 32: 0.8})
-    fake_eval(by["ff8", 0], {8: 0.65})
-    summary = summarize(grid, runs, [0, 1], wall_s=5.0, jobs=2, threads=1)
+    for r in runs:
+        if (r.variant, r.seed) in evals:
+            fake_eval(r, evals[r.variant, r.seed])
+    return summarize(grid, runs, [0, 1], wall_s=5.0, jobs=2, threads=1)
+
+
+def test_table_is_mean_and_std_over_seeds_per_dim(tmp_path):
+    summary = summary_of(
+        tmp_path,
+        {
+            ("base", 0): {8: 0.5, 16: 0.6, 32: 0.7},
+            ("base", 1): {8: 0.7, 16: 0.6, 32: 0.9},
+            ("mrl", 0): {8: 0.7, 16: 0.7, 32: 0.8},
+            ("ff8", 0): {8: 0.65},
+        },
+    )
     base, mrl, ff8, rand = summary["variants"]
     assert base["seeds_done"] == [0, 1] and rand["seeds_done"] == [] and rand["rows"] == []
     row8 = base["rows"][0]
@@ -117,15 +128,16 @@ def test_table_is_mean_and_std_over_seeds_per_dim(tmp_path):
 
 
 def test_table_gives_each_variants_seed_std_relative_to_the_reference(tmp_path):
-    grid = load_grid(write_grid(tmp_path))
-    runs = ablate.plan(grid, [0, 1], None)
-    by = {(r.variant, r.seed): r for r in runs}
-    fake_eval(by["base", 0], {8: 0.5, 16: 0.6, 32: 0.7})
-    fake_eval(by["base", 1], {8: 0.7, 16: 0.6, 32: 0.8})
-    fake_eval(by["mrl", 0], {8: 0.7, 16: 0.7, 32: 0.7})
-    fake_eval(by["mrl", 1], {8: 0.8, 16: 0.9, 32: 0.9})
-    fake_eval(by["ff8", 0], {8: 0.65})
-    summary = summarize(grid, runs, [0, 1], wall_s=5.0, jobs=2, threads=1)
+    summary = summary_of(
+        tmp_path,
+        {
+            ("base", 0): {8: 0.5, 16: 0.6, 32: 0.7},
+            ("base", 1): {8: 0.7, 16: 0.6, 32: 0.8},
+            ("mrl", 0): {8: 0.7, 16: 0.7, 32: 0.7},
+            ("mrl", 1): {8: 0.8, 16: 0.9, 32: 0.9},
+            ("ff8", 0): {8: 0.65},
+        },
+    )
     ratio = [r["std_ratio"]["knn_top1"] for r in summary["differences"]["mrl"]]
     assert ratio[0] == pytest.approx(0.5) and ratio[1] is None and ratio[2] == pytest.approx(2.0)
     assert summary["differences"]["ff8"][0]["std_ratio"]["knn_top1"] is None  # one seed

@@ -121,6 +121,19 @@ def _name(v: dict) -> str:
     return f"**{v['name']} (default)**" if v["default"] else v["name"]
 
 
+def _against_reference(summary: dict, dims: list[int], title: str, cell) -> str:
+    """One row per non-reference variant, one `cell(row of differences)` per dim."""
+    lines = [title, "", "| variant | " + " | ".join(map(str, dims)) + " |"]
+    lines.append("|---|" + "---:|" * len(dims))
+    for v in summary["variants"]:
+        if v["name"] == summary["reference"]:
+            continue
+        rows = {r["dim"]: r for r in summary["differences"][v["name"]]}
+        cells = [cell(rows[d]) if d in rows else "-" for d in dims]
+        lines.append(f"| {_name(v)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(summary: dict) -> str:
     variants = summary["variants"]
     dims = sorted({r["dim"] for v in variants for r in v["rows"]})
@@ -136,38 +149,22 @@ def markdown(summary: dict) -> str:
         parts.append("\n".join(lines))
     if "differences" in summary:
         ref = summary["reference"]
-        lines = [
-            f"Difference to {ref} (mean, points; kNN top-1 / mAP@10), by dim:",
-            "",
-            "| variant | " + " | ".join(map(str, dims)) + " |",
-            "|---|" + "---:|" * len(dims),
-        ]
-        for v in variants:
-            if v["name"] == ref:
-                continue
-            rows = {r["dim"]: r for r in summary["differences"][v["name"]]}
-            cells = [
-                f"{rows[d]['knn_top1']:+.1f} / {rows[d]['map_at_k']:+.1f}" if d in rows else "-"
-                for d in dims
-            ]
-            lines.append(f"| {_name(v)} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
-        lines = [
-            f"Seed std as a multiple of {ref}'s (kNN top-1 / mAP@10), by dim:",
-            "",
-            "| variant | " + " | ".join(map(str, dims)) + " |",
-            "|---|" + "---:|" * len(dims),
-        ]
-        for v in variants:
-            if v["name"] == ref:
-                continue
-            rows = {r["dim"]: r["std_ratio"] for r in summary["differences"][v["name"]]}
-            cells = [
-                " / ".join(_times(rows[d][key]) for key, _ in METRICS) if d in rows else "-"
-                for d in dims
-            ]
-            lines.append(f"| {_name(v)} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
+        parts.append(
+            _against_reference(
+                summary,
+                dims,
+                f"Difference to {ref} (mean, points; kNN top-1 / mAP@10), by dim:",
+                lambda row: f"{row['knn_top1']:+.1f} / {row['map_at_k']:+.1f}",
+            )
+        )
+        parts.append(
+            _against_reference(
+                summary,
+                dims,
+                f"Seed std as a multiple of {ref}'s (kNN top-1 / mAP@10), by dim:",
+                lambda row: " / ".join(_times(row["std_ratio"][key]) for key, _ in METRICS),
+            )
+        )
     flags = " ".join(summary["common"])
     legend = "\n".join(
         f"- {v['name']}: `{' '.join(v['train']) or '(common flags only)'}`"
