@@ -147,6 +147,15 @@ def test_table_gives_each_variants_seed_std_relative_to_the_reference(tmp_path):
     assert "| ff8 | - / - | - | - |" in table
 
 
+def test_variants_without_the_reference_get_a_table_without_differences(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    runs = ablate.plan(grid, [0], ["mrl"])
+    fake_eval(runs[0], {8: 0.7, 16: 0.7, 32: 0.8})
+    summary = summarize(grid, runs, [0], wall_s=5.0, jobs=1, threads=1)
+    assert [v["name"] for v in summary["variants"]] == ["mrl"] and "differences" not in summary
+    assert "| **mrl (default)** | 1 | 0.700 | 0.700 | 0.800 |" in markdown(summary)
+
+
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     grid = load_grid(write_grid(tmp_path))
     runs = ablate.plan(grid, [0], None)

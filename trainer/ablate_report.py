@@ -70,7 +70,8 @@ def summarize(grid, runs, seeds: list[int], *, wall_s: float, jobs: int, threads
         "reference": grid.reference,
         "variants": variants,
     }
-    if grid.reference is not None:
+    # `--variants` may leave the reference out: then there is nothing to compare against.
+    if any(v["name"] == grid.reference for v in variants):
         summary["differences"] = differences(variants, grid.reference)
     return summary
 
