@@ -121,6 +121,13 @@ def test_saved_dataset_with_custom_columns(tmp_path, tiny_config):
     )
     assert len(train) == 10 and len(test) == 2  # one split -> deterministic 90/10
 
+    def held_out(**kw) -> list[int]:
+        cfg = tiny_config(dataset=str(tmp_path / "saved"), image_column="img", label_column="y")
+        return load_splits(cfg.model_copy(update=kw))[1]["y"]
+
+    assert held_out(seed=1, data_seed=0) == held_out(seed=2, data_seed=0) == test["y"]
+    assert any(held_out(seed=s) != test["y"] for s in (1, 2, 3))
+
 
 def test_imagenet_100_alias_goes_to_the_hub(tiny_config, monkeypatch):
     import datasets

@@ -161,8 +161,9 @@ class TrainConfig(BaseModel):
     seed: int = Field(0)
     data_seed: int | None = Field(
         None,
-        description="draws the generated shapes dataset (default: --seed); fix it so that seeds "
-        "vary only the training randomness",
+        description="draws the data: the generated shapes dataset, or the 90/10 split of a "
+        "dataset with one split (default: --seed); fix it so that seeds vary only the training "
+        "randomness",
     )
     output_dir: Path = Field(Path("runs/default"), description="checkpoint and TensorBoard dir")
     resume: str = Field(
@@ -194,7 +195,7 @@ class TrainConfig(BaseModel):
 
     @property
     def dataset_seed(self) -> int:
-        """The seed that draws the generated `shapes` dataset."""
+        """The seed that draws the data (`shapes`, or a one-split dataset's 90/10 split)."""
         return self.seed if self.data_seed is None else self.data_seed
 
     def plain(self) -> dict:

@@ -130,7 +130,7 @@ def load_splits(cfg: TrainConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
         train, test = parts["train"], parts["test"]
         test_name = f"{train_name} (val {cfg.val_fraction:g})"
     elif test_name is None:
-        parts = train.train_test_split(test_size=0.1, seed=cfg.seed)
+        parts = train.train_test_split(test_size=0.1, seed=cfg.dataset_seed)
         train, test = parts["train"], parts["test"]
     else:
         test = dd[test_name]
