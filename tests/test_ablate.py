@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from trainer import ablate
-from trainer.ablate_report import markdown, summarize
+from trainer.ablate_report import markdown, plot, summarize
 from trainer.errors import UsageError
 from trainer.grid import load_grid
 
@@ -145,6 +146,39 @@ def test_table_gives_each_variants_seed_std_relative_to_the_reference(tmp_path):
     assert "Seed std as a multiple of base's" in table
     assert "| **mrl (default)** | 0.50x / 0.50x | - / - | 2.00x / 2.00x |" in table
     assert "| ff8 | - / - | - | - |" in table
+
+
+def test_differences_carry_90_percent_intervals_over_the_seeds_both_have(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    runs = ablate.plan(grid, [0, 1, 2], None)
+    base = {0: 0.50, 1: 0.60, 2: 0.80}
+    mrl = {0: 0.52, 1: 0.64, 2: 0.86}  # +2, +4, +6 points: mean +4, sd 2
+    for r in runs:
+        if r.variant == "base":
+            fake_eval(r, {8: base[r.seed]})
+        elif r.variant == "mrl" and r.seed in (2, 0):
+            fake_eval(r, {8: mrl[r.seed]})
+        elif r.variant == "ff8":
+            fake_eval(r, {8: base[r.seed] + 0.01 * (r.seed == 1)})
+    summary = summarize(grid, runs, [0, 1, 2], wall_s=5.0, jobs=2, threads=1)
+    mrl_row, ff8_row = summary["differences"]["mrl"][0], summary["differences"]["ff8"][0]
+    # mrl has seeds 0 and 2: paired with base's seeds 0 and 2 (+2, +6), not with its first two
+    assert mrl_row["knn_top1"] == pytest.approx(100 * (0.69 - 0.6333), abs=1e-2)
+    paired = mrl_row["paired"]["knn_top1"]
+    assert paired["seeds"] == 2 and paired["std_ratio_interval"] is None
+    assert paired["difference_half_width"] == pytest.approx(6.314 * 2.0, rel=1e-3)
+    ff8 = ff8_row["paired"]["knn_top1"]
+    lo, hi = ff8["std_ratio_interval"]
+    assert ff8["seeds"] == 3 and lo < ff8_row["std_ratio"]["knn_top1"] < hi
+    table = markdown(summary)
+    assert "± the 90% interval of the seed-by-seed difference" in table
+    assert f"| ff8 | {ff8_row['knn_top1']:+.1f} ±{ff8['difference_half_width']:.1f} / " in table
+    assert f"({lo:.2f}-{hi:.2f})" in table
+    plot(summary, tmp_path / "with.png")  # a second row of panels: the differences
+    summary.pop("differences")
+    plot(summary, tmp_path / "without.png")
+    assert Image.open(tmp_path / "with.png").size == (1440, 1080)
+    assert Image.open(tmp_path / "without.png").size == (1440, 540)
 
 
 def test_variants_without_the_reference_get_a_table_without_differences(tmp_path):

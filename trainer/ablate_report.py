@@ -1,4 +1,5 @@
-"""The ablation table: mean +- std over seeds per variant and dim, as JSON, markdown and a plot."""
+"""The ablation table: mean +- std over seeds per variant and dim, as JSON, markdown and a plot;
+differences to the reference variant with 90% intervals over the seeds both have."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from trainer.report import METRICS
+from trainer.seed_stats import LEVEL, paired_difference, std_ratio_interval
 
 METRIC_TITLES = {"knn_top1": "kNN top-1", "map_at_k": "mAP@10"}
 
@@ -23,7 +25,7 @@ def summarize(grid, runs, seeds: list[int], *, wall_s: float, jobs: int, threads
     """Everything the table shows, from the finished runs' eval.json and timing.json."""
     variants, timings = [], []
     for name, v in grid.variants.items():
-        mine = [r for r in runs if r.variant == name and r.done]
+        mine = sorted((r for r in runs if r.variant == name and r.done), key=lambda r: r.seed)
         if not any(r.variant == name for r in runs):
             continue
         by_dim: dict[int, dict[str, list[float]]] = {}
@@ -80,9 +82,20 @@ def _ratio(std: float | None, ref_std: float | None) -> float | None:
     return std / ref_std if std is not None and ref_std else None
 
 
+def _paired(row: dict, ref_row: dict, seeds: list[int], ref_seeds: list[int], key: str) -> dict:
+    """Intervals over the seeds both variants finished (values are in seed order)."""
+    common = sorted(set(seeds) & set(ref_seeds))
+    x = [row[key]["values"][seeds.index(s)] for s in common]
+    y = [ref_row[key]["values"][ref_seeds.index(s)] for s in common]
+    half = 100 * paired_difference(x, y)[1] if len(common) >= 2 else None
+    interval = std_ratio_interval(x, y) if len(common) >= 3 else None
+    return {"seeds": len(common), "difference_half_width": half, "std_ratio_interval": interval}
+
+
 def differences(variants: list[dict], reference: str) -> dict:
-    """Per variant and dim: the mean difference to the reference variant in points (x100), and
-    its seed std as a multiple of the reference's (`std_ratio`; None below two seeds)."""
+    """Per variant and dim: the mean difference to the reference variant in points (x100), its
+    seed std as a multiple of the reference's (`std_ratio`; None below two seeds), and, over the
+    seeds both finished, the 90% intervals of both (`paired`, see trainer.seed_stats)."""
     ref = next(v for v in variants if v["name"] == reference)
     ref_rows = {r["dim"]: r for r in ref["rows"]}
     out = {}
@@ -99,6 +112,10 @@ def differences(variants: list[dict], reference: str) -> dict:
                 "std_ratio": {
                     key: _ratio(r[key]["std"], ref_rows[r["dim"]][key]["std"]) for key, _ in METRICS
                 },
+                "paired": {
+                    key: _paired(r, ref_rows[r["dim"]], v["seeds_done"], ref["seeds_done"], key)
+                    for key, _ in METRICS
+                },
             }
             for r in v["rows"]
             if r["dim"] in ref_rows
@@ -114,8 +131,16 @@ def _cell(stats: dict | None) -> str:
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
-def _times(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
+def _times(ratio: float | None, paired: dict) -> str:
+    if ratio is None:
+        return "-"
+    interval = paired["std_ratio_interval"]
+    return f"{ratio:.2f}x" + ("" if interval is None else " ({:.2f}-{:.2f})".format(*interval))
+
+
+def _points(row: dict, key: str) -> str:
+    half = row["paired"][key]["difference_half_width"]
+    return f"{row[key]:+.1f}" + ("" if half is None else f" ±{half:.1f}")
 
 
 def _name(v: dict) -> str:
@@ -154,16 +179,20 @@ def markdown(summary: dict) -> str:
             _against_reference(
                 summary,
                 dims,
-                f"Difference to {ref} (mean, points; kNN top-1 / mAP@10), by dim:",
-                lambda row: f"{row['knn_top1']:+.1f} / {row['map_at_k']:+.1f}",
+                f"Difference to {ref} (mean, points; kNN top-1 / mAP@10; ± the {LEVEL:.0%} "
+                "interval of the seed-by-seed difference), by dim:",
+                lambda row: " / ".join(_points(row, key) for key, _ in METRICS),
             )
         )
         parts.append(
             _against_reference(
                 summary,
                 dims,
-                f"Seed std as a multiple of {ref}'s (kNN top-1 / mAP@10), by dim:",
-                lambda row: " / ".join(_times(row["std_ratio"][key]) for key, _ in METRICS),
+                f"Seed std as a multiple of {ref}'s (kNN top-1 / mAP@10; in brackets its "
+                f"{LEVEL:.0%} interval over the seeds both have), by dim:",
+                lambda row: " / ".join(
+                    _times(row["std_ratio"][key], row["paired"][key]) for key, _ in METRICS
+                ),
             )
         )
     flags = " ".join(summary["common"])
@@ -177,33 +206,70 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Top: both metrics against dim, ± std error bars. Bottom, when there is a reference: each
+    variant minus the reference in points, with the 90% interval of the paired difference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    diffs = summary.get("differences")
+    fig, axes = plt.subplots(
+        2 if diffs else 1,
+        2,
+        figsize=(12, 9 if diffs else 4.5),
+        constrained_layout=True,
+        squeeze=False,
+    )
     dims = sorted({r["dim"] for v in summary["variants"] for r in v["rows"]})
     shown = [v for v in summary["variants"] if v["rows"]]
-    for ax, (key, _) in zip(axes, METRICS, strict=True):
+
+    def dodged(i: int, rows: list[dict]) -> list[float]:
+        return [r["dim"] * 2 ** (0.04 * (i - (len(shown) - 1) / 2)) for r in rows]  # side by side
+
+    for col, (key, _) in enumerate(METRICS):
+        ax = axes[0][col]
         for i, v in enumerate(shown):
-            rows = v["rows"]
-            dodge = 2 ** (0.04 * (i - (len(shown) - 1) / 2))  # error bars side by side, not on top
             ax.errorbar(
-                [r["dim"] * dodge for r in rows],
-                [r[key]["mean"] for r in rows],
-                yerr=[r[key]["std"] or 0.0 for r in rows],
+                dodged(i, v["rows"]),
+                [r[key]["mean"] for r in v["rows"]],
+                yerr=[r[key]["std"] or 0.0 for r in v["rows"]],
                 marker="o",
                 capsize=3,
                 linewidth=2.5 if v["default"] else 1.2,
                 label=v["name"] + (" (default)" if v["default"] else ""),
+                color=f"C{i}",
             )
+        ax.set_title(f"{METRIC_TITLES[key]} (mean ± std over seeds)")
+        if diffs:
+            ax = axes[1][col]
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_yscale("symlog", linthresh=1.0)  # linear within ±1 point, where ties are decided
+            ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:+g}"))
+            for i, v in enumerate(shown):
+                rows = diffs.get(v["name"], [])
+                if not rows:
+                    continue
+                ax.errorbar(
+                    dodged(i, rows),
+                    [r[key] for r in rows],
+                    yerr=[r["paired"][key]["difference_half_width"] or 0.0 for r in rows],
+                    marker="o",
+                    capsize=3,
+                    linewidth=2.5 if v["default"] else 1.2,
+                    color=f"C{i}",
+                )
+            ax.set_title(
+                f"{METRIC_TITLES[key]} minus {summary['reference']}, points\n"
+                "(symlog; 90% interval of the seed-paired difference)"
+            )
+    for ax in axes.flat:
         ax.set_xscale("log", base=2)
         ax.set_xticks(dims, [str(d) for d in dims])
         ax.set_xlabel("embedding dim")
-        ax.set_title(f"{METRIC_TITLES[key]} (mean ± std over seeds)")
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[0][1].legend(fontsize=8, loc="lower right")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
