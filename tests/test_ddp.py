@@ -190,6 +190,34 @@ def tb_losses(out: Path) -> dict[str, list[float]]:
     return {t: [e.value for e in acc.Scalars(t)] for t in tags}
 
 
+def assert_principal_axes_of_saved_network(ckpt) -> None:
+    """The rotation the ranks fitted together (each embedding a share) diagonalises the
+    covariance of the train embeddings of the network in the checkpoint, BN statistics and all:
+    had rank 1 embedded with its own BN statistics, half the rows would come from another net."""
+    from trainer.config import ModelConfig
+    from trainer.data import load_splits
+    from trainer.embed import eval_mode, extract_embeddings
+    from trainer.model import load_encoder
+    from trainer.preprocess import EvalPreprocess
+
+    cfg = ckpt.train
+    encoder = load_encoder(ckpt, "cpu")
+    encoder.rotation = None
+    with eval_mode(encoder):
+        x, _ = extract_embeddings(
+            encoder, load_splits(cfg)[0], EvalPreprocess.of(ModelConfig.of(cfg)),
+            cfg.image_column, cfg.label_column, "cpu", 256,
+        )  # fmt: skip
+    x = torch.from_numpy(x).double()
+    x -= x.mean(0)
+    rotation = ckpt.rotation.double()
+    cov = rotation.T @ (x.T @ x / len(x)) @ rotation
+    variances = cov.diagonal()
+    assert (variances[:-1] >= variances[1:] - 1e-9 * variances[0]).all()  # largest first
+    off = (cov - torch.diag(variances)).abs().max()
+    assert off < 1e-4 * variances[0], f"off-diagonal {off:.3g} vs top variance {variances[0]:.3g}"
+
+
 def test_two_processes_match_one_process(tmp_path, cache_dir, procs):
     """Per-process batch B/2 on 2 ranks == batch B in one process with 2 BN splits.
 
@@ -226,6 +254,7 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, procs):
         torch.testing.assert_close(
             rotation.T @ rotation, torch.eye(len(rotation)), atol=1e-5, rtol=0
         )
+    assert_principal_axes_of_saved_network(sb)
     for ea, eb in ((sa.encoder_q, sb.encoder_q), (sa.encoder_k, sb.encoder_k)):
         for name, tensor in ea.items():
             if "running_" in name or "num_batches" in name:

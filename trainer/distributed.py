@@ -334,6 +334,16 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
+def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:
+    """Give every rank `src`'s buffers. BN running statistics stay per rank in training (see
+    wrap_ddp); before every rank embeds, they take rank 0's, the ones its checkpoint holds."""
+    if _active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+    return module
+
+
+@torch.no_grad()
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of `t` over ranks, as a new tensor (for logging losses and metrics)."""
     out = t.detach().clone()

@@ -38,9 +38,16 @@ def pca_rotation(x: np.ndarray) -> np.ndarray:
     return (vectors * signs).astype(np.float32)
 
 
-def fit_rotation(encoder: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+def fit_rotation(
+    encoder: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
     """PCA of the train split's embeddings (at most FIT_SAMPLES, evenly spaced), as preprocessed
-    for serving. One process, no collectives."""
+    for serving. With world_size > 1 every rank must call it: each embeds a share (all-gathered)
+    and all return the same rotation."""
     from trainer.data import load_splits
     from trainer.embed import eval_mode, extract_embeddings
     from trainer.preprocess import EvalPreprocess
@@ -57,6 +64,8 @@ def fit_rotation(encoder: torch.nn.Module, cfg: TrainConfig, device: torch.devic
             cfg.label_column,
             device,
             cfg.batch_size,
+            rank,
+            world_size,
             desc="fit rotation",
         )
     return torch.from_numpy(pca_rotation(x))

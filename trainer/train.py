@@ -116,6 +116,7 @@ def log_epoch(out_dir: Path, record: dict) -> None:
 def evaluate_now(encoder, cfg, device, env, writer, epoch: int) -> None:
     from trainer.evaluate import evaluate_encoder  # evaluation imports the trainer, not the reverse
 
+    dist.broadcast_buffers_(encoder)  # every rank scores the network rank 0 saves
     rows = evaluate_encoder(encoder, cfg, device, env.rank, env.world_size)
     if writer is not None:
         for row in rows:
@@ -198,9 +199,10 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         if stopping:
             return finish(run, step, history, stopped=True)
         history.append(end_epoch(run, epoch, step, stats))
-    if cfg.rotation == "pca" and run.env.is_main:
-        # rank 0 alone: the fit must see the BN statistics of the weights it saves
-        run.save(step, fit_rotation(run.model.encoder_q, cfg, run.device))
+    if cfg.rotation == "pca":
+        # every rank embeds a share, with the BN statistics of the weights rank 0 saves
+        encoder = dist.broadcast_buffers_(run.model.encoder_q)
+        run.save(step, fit_rotation(encoder, cfg, run.device, run.env.rank, run.env.world_size))
     return finish(run, step, history, stopped=False)
 
 
