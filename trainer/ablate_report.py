@@ -207,7 +207,7 @@ def markdown(summary: dict) -> str:
 
 def plot(summary: dict, path: Path) -> None:
     """Top: both metrics against dim, ± std error bars. Bottom, when there is a reference: each
-    variant minus the reference in points, with the 90% interval of the paired difference."""
+    variant minus the reference in points, with the LEVEL interval of the paired difference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,6 +228,11 @@ def plot(summary: dict, path: Path) -> None:
     def dodged(i: int, rows: list[dict]) -> list[float]:
         return [r["dim"] * 2 ** (0.04 * (i - (len(shown) - 1) / 2)) for r in rows]  # side by side
 
+    def style(i: int, v: dict) -> dict:
+        """One look per variant in both rows: its colour, the default drawn thicker."""
+        return {"marker": "o", "capsize": 3, "linewidth": 2.5 if v["default"] else 1.2,
+                "color": f"C{i}"}  # fmt: skip
+
     for col, (key, _) in enumerate(METRICS):
         ax = axes[0][col]
         for i, v in enumerate(shown):
@@ -235,11 +240,8 @@ def plot(summary: dict, path: Path) -> None:
                 dodged(i, v["rows"]),
                 [r[key]["mean"] for r in v["rows"]],
                 yerr=[r[key]["std"] or 0.0 for r in v["rows"]],
-                marker="o",
-                capsize=3,
-                linewidth=2.5 if v["default"] else 1.2,
                 label=v["name"] + (" (default)" if v["default"] else ""),
-                color=f"C{i}",
+                **style(i, v),
             )
         ax.set_title(f"{METRIC_TITLES[key]} (mean ± std over seeds)")
         if diffs:
@@ -255,14 +257,11 @@ def plot(summary: dict, path: Path) -> None:
                     dodged(i, rows),
                     [r[key] for r in rows],
                     yerr=[r["paired"][key]["difference_half_width"] or 0.0 for r in rows],
-                    marker="o",
-                    capsize=3,
-                    linewidth=2.5 if v["default"] else 1.2,
-                    color=f"C{i}",
+                    **style(i, v),
                 )
             ax.set_title(
                 f"{METRIC_TITLES[key]} minus {summary['reference']}, points\n"
-                "(symlog; 90% interval of the seed-paired difference)"
+                f"(symlog; {LEVEL:.0%} interval of the seed-paired difference)"
             )
     for ax in axes.flat:
         ax.set_xscale("log", base=2)
