@@ -140,7 +140,7 @@ docker-test: ## build both images, then train/SIGTERM/resume/eval/index/serve in
 k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods under podman kube play (images built)
 	OVERLAY=$(OVERLAY) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
 
-# make ablate / make compare: a grid of trainer variants x seeds -> one table + plot (trainer.ablate).
+# make ablate / make compare: a grid of trainer variants x seeds -> one table + plot (experiments.ablate).
 GRID ?= grids/compare.toml
 SEEDS ?=
 JOBS ?=
@@ -153,11 +153,11 @@ ABLATE_FLAGS = $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
 	$(if $(strip $(ABLATE_TRAIN_ARGS)),--train-args="$(strip $(ABLATE_TRAIN_ARGS))")
 
 ablate: $(STAMP) ## GRID=grids/x.toml variants x SEEDS=0,1,2, parallel + resumable -> table.md/json/png
-	$(PY) -m trainer.ablate $(GRID) $(ABLATE_FLAGS) $(if $(ABLATE_OUT),--out $(ABLATE_OUT))
+	$(PY) -m experiments.ablate $(GRID) $(ABLATE_FLAGS) $(if $(ABLATE_OUT),--out $(ABLATE_OUT))
 
 COMPARE_DIR ?= runs/compare
 compare: $(STAMP) ## Matryoshka vs truncated baseline vs FF-8/FF-32 vs random init (grids/compare.toml)
-	$(PY) -m trainer.ablate grids/compare.toml $(ABLATE_FLAGS) --out $(COMPARE_DIR)
+	$(PY) -m experiments.ablate grids/compare.toml $(ABLATE_FLAGS) --out $(COMPARE_DIR)
 
 # Serving (docs/SERVING.md): index the training split once, then serve on 127.0.0.1:8000.
 INDEX ?= $(OUTPUT)/index
@@ -165,7 +165,7 @@ SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 8000
 
 $(INDEX)/manifest.json: | $(STAMP) $(OUTPUT)/checkpoint.pt
-	$(PY) -m server.index build --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) \
+	$(PY) -m trainer.build_index --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) \
 		--split train --out $(INDEX)
 
 serve: $(STAMP) $(OUTPUT)/checkpoint.pt $(INDEX)/manifest.json ## serve embeddings + search (builds the index if missing)

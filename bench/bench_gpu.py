@@ -222,7 +222,7 @@ def synthetic(cfg, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.T
 
 def decode_stage(data, device: torch.device) -> dict:
     """One epoch through the decode stage alone (workers, plus the device for --decode device)."""
-    from trainer.decode import EncodedBatch
+    from trainer.data.decode import EncodedBatch
 
     data.sampler.set_epoch(1)
     n, start = 0, time.perf_counter()
@@ -238,7 +238,7 @@ def decode_stage(data, device: torch.device) -> dict:
 
 def decode_agreement(folder: Path, size: int, device: torch.device, n: int = 64) -> dict:
     """Device decode vs PIL on the same files: mean and max absolute difference (0..255)."""
-    from trainer.decode import as_byte_tensor, decode_jpegs, pil_decode
+    from trainer.data.decode import as_byte_tensor, decode_jpegs, pil_decode
 
     blobs = [p.read_bytes() for p in sorted(folder.rglob("*.jpg"))[:n]]
     got = decode_jpegs([as_byte_tensor(b) for b in blobs], size, device).cpu().int()
@@ -253,8 +253,8 @@ def decode_agreement(folder: Path, size: int, device: torch.device, n: int = 64)
 
 def bench_training(p: Profile, folder: Path, workdir: Path, compiled: bool, out: dict) -> None:
     """(a) and (b) for one model (eager or compiled); fills out["a"/"b"] or out["c"]."""
-    from trainer.data import TrainData, load_splits
-    from trainer.preprocess import stored_size
+    from core.preprocess import stored_size
+    from trainer.data.datasets import TrainData, load_splits
 
     device = torch.device(p.device)
     cfg = train_config(p, folder, workdir, decode="pil", compile=compiled)
@@ -354,28 +354,28 @@ def bench_server(p: Profile, checkpoint: Path, folder: Path, out: dict) -> None:
     blobs = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))[: p.batch_size]]
     from server.images import decode_into
 
-    size = service.preprocess.image_size
+    size = service.embedding.preprocess.image_size
     x = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8)  # the batcher's uint8 batch
-    decode_into(x, blobs, 0, service.preprocess, service.settings.max_pixels)
-    bare = rate(lambda: len(service.batcher.forward_fn(x)), p.seconds, device)
+    decode_into(x, blobs, 0, service.embedding.preprocess, service.settings.max_pixels)
+    bare = rate(lambda: len(service.embedding.batcher.forward_fn(x)), p.seconds, device)
     requests = [blobs[i : i + p.per_request] for i in range(0, len(blobs), p.per_request)]
 
     async def in_process() -> tuple[float, float]:
-        await service.batcher.start()
+        await service.embedding.batcher.start()
         try:
             # the batcher decodes per batch now: both paths take the JPEG bytes
             async def tensors(w: int) -> int:
-                return len((await service.batcher.embed(requests[w % len(requests)]))[0])
+                return len((await service.embedding.batcher.embed(requests[w % len(requests)]))[0])
 
             async def jpegs(w: int) -> int:
-                return len((await service.embed_images(requests[w % len(requests)]))[0])
+                return len((await service.embedding.embed_images(requests[w % len(requests)]))[0])
 
             return (
                 await _concurrent(tensors, p.concurrency, p.seconds),
                 await _concurrent(jpegs, p.concurrency, p.seconds),
             )
         finally:
-            await service.batcher.stop()
+            await service.embedding.batcher.stop()
 
     batcher_ips, bytes_ips = asyncio.run(in_process())
     payloads = [[base64.b64encode(b).decode() for b in request] for request in requests if request]
@@ -384,7 +384,7 @@ def bench_server(p: Profile, checkpoint: Path, folder: Path, out: dict) -> None:
         "batch_size": p.batch_size,
         "concurrency": p.concurrency,
         "images_per_request": p.per_request,
-        "model_dtype": str(next(service.encoder.parameters()).dtype),
+        "model_dtype": str(next(service.embedding.encoder.parameters()).dtype),
         "bare_model_images_per_s": bare,
         "batcher_tensors_images_per_s": batcher_ips,
         "in_process_jpeg_images_per_s": bytes_ips,
@@ -437,11 +437,11 @@ def http_embed(p: Profile, checkpoint: Path, payloads: list[list[str]]) -> float
 
 
 def bench_eval(p: Profile, checkpoint: Path, folder: Path, workdir: Path, out: dict) -> None:
-    from trainer.checkpoint import load_checkpoint
-    from trainer.data import load_splits
+    from core.checkpoint import load_checkpoint
+    from core.encoder import load_encoder
+    from core.preprocess import EvalPreprocess
+    from trainer.data.datasets import load_splits
     from trainer.embed import extract_embeddings
-    from trainer.model import load_encoder
-    from trainer.preprocess import EvalPreprocess
 
     device = torch.device(p.device)
     ckpt = load_checkpoint(checkpoint)

@@ -13,7 +13,7 @@ ef_search: ms/query at batch 1 and batch 64, recall@10 against exact full-dim se
 time. Exact full-dim flat (IndexFlatIP, float32, in RAM) is the baseline; at N x D too large
 to hold here it is timed on a slice and scaled linearly (a flat scan is linear in N; the
 JSON records the slice). The chosen config is then served from an index folder by
-server.store in a fresh process whose resident memory is reported (VmRSS, anon and file).
+index.store in a fresh process whose resident memory is reported (VmRSS, anon and file).
 Vectors live in a memory-mapped store (float16 by default), generated or embedded chunk by
 chunk into `--work-dir`, so no stage holds N x D floats in RAM. Stages are cached there.
 `--threshold` times the server's exact and ANN shortlists at a few index sizes (where
@@ -35,9 +35,10 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from trainer.ann import AnnIndex, SearchKnobs, build_ann
-from trainer.nesting import truncate_normalize_np
-from trainer.search import rerank
+from core.nesting import truncate_normalize_np
+from index.ann import AnnIndex, build_ann
+from index.plan import SearchKnobs, SearchPlan
+from index.search import rerank
 
 K = 10
 SCAN_ROWS = 1 << 22  # elements per chunk of an exact scan: bounded memory
@@ -80,10 +81,10 @@ def make_real(work: Path, checkpoint: Path, n: int, n_queries: int, dtype: str, 
     """Embed n generated `shapes` images (and held-out queries) with the checkpoint."""
     import torch
 
-    from trainer import shapes
-    from trainer.checkpoint import load_checkpoint
-    from trainer.model import load_encoder
-    from trainer.preprocess import EvalPreprocess
+    from core.checkpoint import load_checkpoint
+    from core.encoder import load_encoder
+    from core.preprocess import EvalPreprocess
+    from trainer.data import shapes
 
     ckpt = load_checkpoint(checkpoint)
     encoder = load_encoder(ckpt, torch.device("cpu"))
@@ -199,10 +200,10 @@ def ann_file(work: Path, factory: str, dim: int) -> Path:
 
 
 def run_grid(store, queries, truth, grid, shortlists, base_ms, train_size, work) -> list[dict]:
-    """Builds each ANN from the store's memory map (as server.index does); reranks read the
-    stored rows as the server does (server.rowfile: pread, nothing left mapped)."""
-    from server.rowfile import RowFile
-    from server.vectors import Rows
+    """Builds each ANN from the store's memory map (as trainer.build_index does); reranks read the
+    stored rows as the server does (index.rowfile: pread, nothing left mapped)."""
+    from index.rowfile import RowFile
+    from index.vectors import Rows
 
     bank = Rows(RowFile(work / "store.npy"), store.shape[1])
     rows = []
@@ -262,10 +263,10 @@ def best(rows: list[dict], min_recall: float = 0.99) -> dict | None:
 
 
 def serve_folder(work: Path, factory: str, dim: int, info: dict, n_train: int) -> Path:
-    """An index folder over the bench's store, as server.store reads it: the store file and
+    """An index folder over the bench's store, as index.store reads it: the store file and
     the grid's saved ANN are hard-linked in (no copy), items and manifest written."""
-    from server.store import FORMAT
-    from trainer.atomic import atomic_write
+    from core.atomic import atomic_write
+    from index.store import FORMAT
 
     store = np.load(work / "store.npy", mmap_mode="r")
     labels = np.load(work / "labels.npy", mmap_mode="r")
@@ -299,11 +300,12 @@ def serve_folder(work: Path, factory: str, dim: int, info: dict, n_train: int) -
 
 def publish_real_index(a, work: Path, out: Path) -> None:
     """The real-embedding store as a server index folder (`python -m server --index-dir`),
-    through server.index.publish_index: the ANN of --index-ann and dims.json, as a build of
+    through trainer.build_index.publish_index: the ANN of --index-ann and dims.json, as a build of
     the same vectors would write them."""
-    from server.index import SearchBuild, default_eval_json, publish_index
-    from trainer import shapes
-    from trainer.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint
+    from index.publish import SearchBuild, publish_index
+    from trainer.build_index import default_eval_json
+    from trainer.data import shapes
 
     ckpt = load_checkpoint(a.checkpoint)
     store = np.load(work / "store.npy", mmap_mode="r")
@@ -344,8 +346,8 @@ def serving_rss(folder: Path, queries_path: Path, row: dict, width: int) -> dict
     """Open the index folder as the server does, in a fresh process; search; report memory."""
     code = f"""
 import json, time, numpy as np
-from server.store import IndexStore, read_manifest
-from trainer.ann import SearchKnobs
+from index.store import IndexStore, read_manifest
+from index.plan import SearchKnobs, SearchPlan
 from pathlib import Path
 m = read_manifest(Path({str(folder)!r}))
 store = IndexStore.open({str(folder)!r}, m['fingerprint'], {width}, writable=False)
@@ -353,7 +355,7 @@ q = np.load({str(queries_path)!r})
 kn = SearchKnobs(nprobe={row.get("nprobe")!r}, ef_search={row.get("ef_search")!r})
 t = time.perf_counter()
 for i in range(len(q)):
-    store.search(q[i:i+1], 10, {row["dim"]}, {width}, {row["shortlist"]}, kn)
+    store.search(q[i:i+1], SearchPlan(10, {row["dim"]}, {width}, {row["shortlist"]}, kn))
 ms = 1000 * (time.perf_counter() - t) / len(q)
 status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
 kb = lambda k: int(status[k].split()[0]) * 1024
@@ -374,11 +376,11 @@ print(json.dumps({{'ms_per_query': ms, 'vm_rss': kb('VmRSS'), 'rss_anon': kb('Rs
 def threshold_sweep(store, queries, spec: str, sizes: list[int], a) -> list[dict]:
     """At each size N (the store's first N rows), the server's two adaptive paths: exact
     shortlist (its in-RAM flat index at the shortlist dim) vs ANN shortlist, both reranked
-    exactly at full dim by server.vectors over a pread store, as the server runs them.
+    exactly at full dim by index.vectors over a pread store, as the server runs them.
     Recall@10 is against exact full-dim search over the same N rows."""
-    from server.rowfile import RowFile
-    from server.settings import SHORTLIST_FACTOR
-    from server.vectors import Vectors
+    from index.plan import SHORTLIST_FACTOR
+    from index.rowfile import RowFile
+    from index.vectors import Vectors
 
     factory, _, dim_s = spec.rpartition("@")
     dim, width = int(dim_s), store.shape[1]
@@ -414,16 +416,16 @@ def threshold_sweep(store, queries, spec: str, sizes: list[int], a) -> list[dict
 
 
 def server_paths(vectors, width: int, dim: int, shortlist: int, knobs: SearchKnobs) -> dict:
-    """The server's searches on `vectors` (server.vectors.Vectors): name -> queries -> ids."""
+    """The server's searches on `vectors` (index.vectors.Vectors): name -> queries -> ids."""
 
     def exact_full_dim(q):
-        return vectors.search(q, K, width, None, K)[1]
+        return vectors.search(q, SearchPlan(K, width, None, K))[1]
 
     def exact_shortlist(q):
-        return vectors.search(q, K, dim, width, shortlist, use_ann=False)[1]
+        return vectors.search(q, SearchPlan(K, dim, width, shortlist, use_ann=False))[1]
 
     def ann_shortlist(q):
-        return vectors.search(q, K, dim, width, shortlist, knobs=knobs, use_ann=True)[1]
+        return vectors.search(q, SearchPlan(K, dim, width, shortlist, knobs, use_ann=True))[1]
 
     return {f.__name__: f for f in (exact_full_dim, exact_shortlist, ann_shortlist)}
 
@@ -650,8 +652,8 @@ def flat_b1_ms(store: np.ndarray, queries: np.ndarray, rows: int, shards: int) -
 def repeat_run(a, store, queries, truth, work) -> dict:
     """The baseline and the settings timed in turn, a.repeat times, in one process: a ratio
     from one round shares that round's load; the median and spread say how stable it is."""
-    from server.rowfile import RowFile
-    from server.vectors import Rows
+    from index.rowfile import RowFile
+    from index.vectors import Rows
 
     (entry,) = parse_grid(a.grid)
     factory, dim = entry["factory"], entry["dim"]

@@ -41,15 +41,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.encoder import load_encoder
+from core.preprocess import EvalPreprocess, stored_size
+from index.plan import SearchPlan
+from index.search import set_threads
+from index.store import IndexStore, write_generation
 from server.codec import FastJSON, encode
 from server.runtime import serving_encoder
-from server.store import IndexStore, write_generation
-from trainer import shapes
-from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpointing import capture
 from trainer.config import TrainConfig
-from trainer.model import build_moco, load_encoder
-from trainer.preprocess import EvalPreprocess, stored_size
-from trainer.search import set_threads
+from trainer.data import shapes
+from trainer.moco import build_moco
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {
@@ -100,7 +103,7 @@ def random_checkpoint(name: str, workdir: Path) -> Path:
     cfg = TrainConfig(**MODELS[name], output_dir=workdir, device="cpu", bn_splits=1)
     model = build_moco(cfg, bn_splits=1)
     path = workdir / f"{name}.pt"
-    save_checkpoint(Checkpoint.capture(cfg, model), path)
+    save_checkpoint(capture(cfg, model), path)
     return path
 
 
@@ -607,11 +610,11 @@ def bench_search(args) -> dict:
 
 
 def time_search(store, queries, dim, rerank_dim, k, shortlist=0):
-    store.search(queries[:2], k, dim, rerank_dim, shortlist)  # builds the per-dim index
+    store.search(queries[:2], SearchPlan(k, dim, rerank_dim, shortlist))  # builds the per-dim index
     ids = []
     start = time.perf_counter()
     for q in queries:
-        _, r = store.search(q[None], k, dim, rerank_dim, shortlist)
+        _, r, _ = store.search(q[None], SearchPlan(k, dim, rerank_dim, shortlist))
         ids.append(r[0].tolist())
     return (time.perf_counter() - start) / len(queries), ids
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench_server import ensure_checkpoint
 
-from server.index import build_index_folder
-from server.thumbnails import BLOB, LOG, QUALITY, SIZE
+from index.thumbnails import BLOB, LOG, QUALITY, SIZE
+from trainer.build_index import IndexBuildConfig, build_index_folder
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,12 +54,13 @@ def main() -> int:
     folder = work / "index"
     start = time.perf_counter()
     info = build_index_folder(
-        checkpoint,
-        args.dataset,
-        args.split,
-        folder,
-        cache_dir=Path("data"),
-        thumbnail_size=args.thumbnail_size,
+        IndexBuildConfig(
+            checkpoint=checkpoint,
+            dataset=args.dataset,
+            split=args.split,
+            out=folder,
+            thumbnail_size=args.thumbnail_size,
+        )
     )
     seconds = time.perf_counter() - start
     sizes = weigh(folder)

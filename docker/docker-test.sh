@@ -135,7 +135,7 @@ python_in() { # python_in IMAGE LOG ARGS...: `python ARGS` in a container of IMA
 }
 step evaluate python_in "$TRAINER" "$WORK/evaluate.log" -m trainer.evaluate \
     --checkpoint "/runs/$RUN/checkpoint.pt" --cache-dir /data --output "/runs/$RUN/eval.json"
-step index python_in "$TRAINER" "$WORK/index.log" -m server.index build \
+step index python_in "$TRAINER" "$WORK/index.log" -m trainer.build_index \
     --checkpoint "/runs/$RUN/checkpoint.pt" --dataset shapes --split train --cache-dir /data \
     --out "/runs/$RUN/index"
 

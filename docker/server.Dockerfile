@@ -20,11 +20,13 @@ COPY pyproject.toml ./
 # reuse the layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca,required=false \
-    mkdir trainer server && touch README.md trainer/__init__.py server/__init__.py \
+    mkdir core index server && touch README.md core/__init__.py index/__init__.py server/__init__.py \
     && pip-install ".[${VARIANT},serve]" \
-    && rm -r README.md trainer server
+    && rm -r README.md core index server
 COPY README.md ./
-COPY trainer/ trainer/
+# The server image holds the shared contract, the index library and the server: no training code.
+COPY core/ core/
+COPY index/ index/
 COPY server/ server/
 # The code alone, into its own folder: the runtime copies it as a small layer of its own,
 # so a code change does not copy the venv again; the venv drops the stand-in packages.

@@ -21,12 +21,13 @@ COPY pyproject.toml ./
 # code change reuses this layer instead of downloading torch again.
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca,required=false \
-    mkdir trainer server && touch README.md trainer/__init__.py server/__init__.py \
+    mkdir core index trainer && touch README.md core/__init__.py index/__init__.py trainer/__init__.py \
     && pip-install ".[${VARIANT},train]" \
-    && rm -r README.md trainer server
+    && rm -r README.md core index trainer
 COPY README.md ./
+COPY core/ core/
+COPY index/ index/
 COPY trainer/ trainer/
-COPY server/ server/
 # The code alone, into its own folder: the runtime copies it as a small layer of its own,
 # so a code change does not copy the venv again; the venv drops the stand-in packages.
 # (The build backend comes from the index, hence pip-install.)
@@ -52,8 +53,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/data/hf
 WORKDIR /tmp
 USER 10001:10001
-# trainer.torchrun is torchrun (same flags) as PID 1: SIGTERM from the kubelet reaches it,
+# trainer.distributed.torchrun is torchrun (same flags) as PID 1: SIGTERM from the kubelet reaches it,
 # it forwards it to the workers, which save a checkpoint; it then exits 143 with one line
 # (docs/KUBERNETES.md). Evaluation and index building override the entrypoint.
-ENTRYPOINT ["python", "-m", "trainer.torchrun"]
+ENTRYPOINT ["python", "-m", "trainer.distributed.torchrun"]
 CMD ["--standalone", "--nproc-per-node=1", "-m", "trainer.train"]

@@ -7,11 +7,10 @@ import sys
 
 import uvicorn
 
+from core.cli import add_model_flags, build_model_from_args, make_parser, run_cli
 from server.app import create_app
 from server.service import Service
 from server.settings import Settings
-from trainer.config import add_model_flags, build_model_from_args, make_parser
-from trainer.errors import run_cli
 
 PROG = "python -m server"
 # The event loop, the decode thread and the model thread share one GIL. At Python's default

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from index.errors import IndexStoreError
 from server import openapi
-from server.errors import ApiError, MalformedBody, describe
+from server.errors import ApiError, MalformedBody, describe, from_index_error
 from server.fastpath import EmbedFastPath
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -41,6 +42,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(IndexStoreError)
+    async def index_error(request: Request, exc: IndexStoreError) -> JSONResponse:
+        return await api_error(request, from_index_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,14 +74,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def reload_loop(service: Service, interval: float) -> None:
     """Read replicas pick up a newly published index and the writer's logged mutations."""
-    seen = service.index_signature()
+    seen = service.index.index_signature()
     while True:
         await asyncio.sleep(interval)
-        now = service.index_signature()
+        now = service.index.index_signature()
         if now == seen or not now:
             continue
         try:
-            await service.reload()
+            await service.index.reload()
             seen = now
         except Exception as e:
             log.warning("index reload failed, keeping the current one: %s", e)
@@ -90,18 +95,18 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service or await anyio.to_thread.run_sync(Service, settings, metrics)
         app.state.service = svc
-        await svc.batcher.start()
+        await svc.embedding.batcher.start()
         reloader = None
-        if settings.read_only and settings.reload_interval_s > 0 and svc.store is not None:
+        if settings.read_only and settings.reload_interval_s > 0 and svc.index.store is not None:
             reloader = asyncio.create_task(reload_loop(svc, settings.reload_interval_s))
-        if not settings.read_only and settings.api_key is None and svc.store is not None:
+        if not settings.read_only and settings.api_key is None and svc.index.store is not None:
             log.warning("no API key set (MOCO_API_KEY): anyone can change the index")
         try:
             yield
         finally:
             if reloader is not None:
                 reloader.cancel()
-            await svc.batcher.stop()
+            await svc.embedding.batcher.stop()
             svc.close()
 
     app = FastAPI(

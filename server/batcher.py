@@ -22,18 +22,10 @@ import torch
 
 from server.errors import ApiError, Overloaded
 from server.metrics import Metrics
+from server.timing import Timing
 
 Source = bytes | str
 Decode = Callable[[torch.Tensor, list[Source], int], None]
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Where a request's embedding time went, in seconds (sent as x-*-time headers)."""
-
-    queue: float = 0.0
-    preprocess: float = 0.0
-    inference: float = 0.0
 
 
 @dataclass

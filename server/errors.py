@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trainer.errors import UsageError
+from index.errors import DuplicateIds, IndexStoreError, ItemNotFound
 
 # Parts of a pydantic error location that name a schema branch, not a field.
 SCHEMA_TAG = re.compile(r"^(?:\w+-(?:query|item)|constrained-\w+|function-.*|int|str)$")
@@ -67,6 +67,10 @@ class Overloaded(ApiError):
     status, code = 503, "overloaded"
 
 
+class IndexUnavailable(ApiError):
+    status, code = 500, "index_error"
+
+
 def describe(errors: list[dict[str, Any]]) -> str:
     """Pydantic errors as one readable line: 'body.k: Input should be a valid integer'."""
     parts: dict[str, str] = {}  # one line per distinct message: the first place it occurs
@@ -78,5 +82,10 @@ def describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(list(parts.values())[:5])
 
 
-class IndexFolderError(UsageError):
-    """An index folder that is missing, corrupt or built from another checkpoint."""
+def from_index_error(exc: IndexStoreError) -> ApiError:
+    """The one place where the index library's errors become HTTP answers."""
+    if isinstance(exc, ItemNotFound):
+        return NotFound(str(exc))
+    if isinstance(exc, DuplicateIds):
+        return Conflict(str(exc))
+    return IndexUnavailable(str(exc))

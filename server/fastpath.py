@@ -8,7 +8,7 @@ path: while the model runs one batch, the loop must answer the previous one and 
 next. This layer answers a POST /v1/embed whose content type is application/json and whose
 body parses and validates as `EmbedRequest`, a POST /v1/embed/files whose body is a plain,
 complete form (server.uploads), and a JSON POST /v1/embeddings that validates as
-`EmbeddingsRequest`, with the routes' own pieces (`Service.embed`, `routes.embed.answer`,
+`EmbeddingsRequest`, with the routes' own pieces (`EmbeddingService.embed`, `routes.embed.answer`,
 the app's ApiError handler; `routes.openai.embed_openai` and its `refusal`). Anything else
 (another route, another content type, a body that does not parse or validate, an unusual
 form) goes to the FastAPI app untouched, with its body replayed, so every refusal is still
@@ -36,7 +36,7 @@ from server.uploads import read_upload
 
 
 class Call(NamedTuple):
-    """What a well-formed embed request asks of `Service.embed`."""
+    """What a well-formed embed request asks of `EmbeddingService.embed`."""
 
     images: list[str] | list[bytes]
     dim: int | None
@@ -67,7 +67,7 @@ def read_openai(content_type: bytes, body: bytes) -> EmbeddingsRequest | None:
 
 
 async def run_embed(call: Call, svc: Service, state: State) -> Response:
-    out = await svc.embed(call.images, call.dim)
+    out = await svc.embedding.embed(call.images, call.dim)
     return embed.answer(state, out, call.encoding_format)
 
 

@@ -9,8 +9,8 @@ import io
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from core.preprocess import EvalPreprocess
 from server.errors import BadInput, ImageTooLarge
-from trainer.preprocess import EvalPreprocess
 
 
 def decode_base64(text: str, position: int) -> bytes:

@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
-from server.batcher import Timing
 from server.metrics import Metrics
+from server.timing import Timing
 
 
 async def send_json(send, status: int, body: dict) -> None:

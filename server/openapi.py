@@ -2,7 +2,7 @@
 the operator's limits, so schema-driven clients (and fuzzers) send what it accepts.
 
 The static bounds come from server.schemas; only the values that depend on the loaded
-checkpoint or the settings are filled in here, from the same fields `Service.check` reads.
+checkpoint or the settings are filled in here, from the same fields `EmbeddingService.check` reads.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def narrow(spec: dict[str, Any], svc: Service) -> None:
         props = schemas[name]["properties"]
         for field in ("dim", "rerank_dim"):
             if field in props:
-                props[field]["anyOf"][0] = {"type": "integer", "enum": svc.nesting_list}
+                props[field]["anyOf"][0] = {"type": "integer", "enum": svc.embedding.nesting_list}
     for name in ("ImageSearch", "VectorSearch"):
         props = schemas[name]["properties"]
         props["k"]["maximum"] = settings.max_k
@@ -53,7 +53,7 @@ def narrow(spec: dict[str, Any], svc: Service) -> None:
         schemas[name]["properties"][field]["maxItems"] = settings.max_images
     openai = schemas["EmbeddingsRequest"]["properties"]
     openai["model"] = {"type": "string", "enum": [settings.model_name], "title": "Model"}
-    openai["dimensions"]["anyOf"][0] = {"type": "integer", "enum": svc.nesting_list}
-    full = {"minItems": svc.full_dim, "maxItems": svc.full_dim}
+    openai["dimensions"]["anyOf"][0] = {"type": "integer", "enum": svc.embedding.nesting_list}
+    full = {"minItems": svc.embedding.full_dim, "maxItems": svc.embedding.full_dim}
     schemas["VectorSearch"]["properties"]["vectors"]["items"].update(full)
     schemas["VectorItem"]["properties"]["vector"].update(full)

@@ -9,14 +9,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.plan import EF_SEARCH, NPROBE, SHORTLIST_FACTOR
+from index.vectors import ANN_MIN_ROWS, VectorOptions
 from server.runtime import Runtime
 from server.schemas import MAX_BATCH, MAX_K
-from server.vectors import ANN_MIN_ROWS, VectorOptions
-
-# Search defaults; docs/SEARCH.md says what bench/bench_search.py measured against them.
-SHORTLIST_FACTOR = 20
-NPROBE = 64
-EF_SEARCH = 128
 
 
 def available_cores() -> int:
@@ -34,7 +30,7 @@ class Settings(BaseSettings):
 
     checkpoint: Path = Field(Path("runs/default/checkpoint.pt"), description="checkpoint.pt")
     index_dir: Path | None = Field(
-        None, description="index folder (python -m server.index build); none = embed only"
+        None, description="index folder (python -m trainer.build_index); none = embed only"
     )
     create_index: bool = Field(
         False,

@@ -10,8 +10,8 @@ import datasets
 import pytest
 import torch
 
-from trainer import shapes
 from trainer.config import TrainConfig
+from trainer.data import shapes
 
 torch.set_num_threads(1)
 

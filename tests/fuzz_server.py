@@ -55,7 +55,7 @@ def prepare(work: Path) -> Path:
     if not (work / "index" / "manifest.json").exists():
         run(
             [
-                *(PY, "-m", "server.index", "build", "--checkpoint", str(ckpt)),
+                *(PY, "-m", "trainer.build_index", "--checkpoint", str(ckpt)),
                 *("--dataset", "shapes", "--split", "train", "--out", str(work / "index")),
                 *("--limit", "300", "--cache-dir", str(work / "data")),
             ]

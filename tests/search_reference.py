@@ -1,6 +1,6 @@
 """Exact reference searches the tests compare the product's search paths against.
 
-Composed only of trainer.search's product functions (build_index, search_index, rerank), so
+Composed only of index.search's product functions (build_index, search_index, rerank), so
 a test of these exercises that code; the product itself searches through the server's
 vector store and the evaluator.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from trainer.search import (
+from index.search import (
     GPU_MAX_K,
     _check_dim,
     build_index,

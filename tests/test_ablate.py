@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer import ablate
-from trainer.ablate_report import markdown, plot, summarize
-from trainer.errors import UsageError
-from trainer.grid import load_grid
+from core.cli import UsageError
+from experiments import ablate
+from experiments.ablate_report import markdown, plot, summarize
+from experiments.grid import load_grid
 
 GRID = """
 out = "{out}"
@@ -220,7 +220,7 @@ def test_ablate_cli_trains_scores_and_resumes(tmp_path, tiny_dataset):
                         '--max-steps 2 --workers 0"')  # fmt: skip
     grid = write_grid(tmp_path, text)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    cmd = [sys.executable, "-m", "trainer.ablate", str(grid), "--jobs", "2"]
+    cmd = [sys.executable, "-m", "experiments.ablate", str(grid), "--jobs", "2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"

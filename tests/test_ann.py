@@ -1,4 +1,4 @@
-"""ANN shortlists (trainer.ann) against exact search: recall, tombstones, knobs, files, GPU path."""
+"""ANN shortlists (index.ann) against exact search: recall, tombstones, knobs, files, GPU path."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from search_reference import funnel_search, search
 from test_server_helpers import matryoshka_vectors
 
-from trainer import ann as ann_module
-from trainer.ann import AnnIndex, SearchKnobs, build_ann
-from trainer.search import rerank, scan_top_k
+from index import ann as ann_module
+from index.ann import AnnIndex, build_ann
+from index.plan import SearchKnobs
+from index.search import rerank, scan_top_k
 
 N, WIDTH, DIM = 4000, 64, 16
 
@@ -58,7 +59,7 @@ def test_ann_funnel_recall_matches_exact(data, factory, dim, shortlist, floor):
 
 
 def test_flat_ann_funnel_equals_exact_funnel(data):
-    """A Flat 'ANN' is exact: the same ids and scores as trainer.search.funnel_search."""
+    """A Flat 'ANN' is exact: the same ids and scores as index.search.funnel_search."""
     bank, queries, _ = data
     ann = build_ann("Flat", DIM, bank)
     s1, i1 = funnel(ann, bank, queries, 100)

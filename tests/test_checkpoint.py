@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from trainer.config import ModelConfig
-from trainer.model import build_moco, load_encoder
-from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.encoder import load_encoder
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from trainer.checkpointing import capture, train_config
+from trainer.moco import build_moco
 from trainer.train import train
 
 
@@ -13,10 +14,10 @@ def test_round_trip_and_encoder_load(tiny_config, tmp_path):
     train(cfg)
     ckpt = load_checkpoint(cfg.output_dir / "checkpoint.pt")
     assert ckpt.step == 2 and ckpt.epoch == 0 and ckpt.world_size == 1
-    assert ckpt.model == ModelConfig.of(cfg)
+    assert ckpt.model == cfg.model_spec()
     assert ckpt.model.nesting_list == [8, 16, 32] and ckpt.model.full_dim == 32
     assert ckpt.model.mean == IMAGENET_MEAN and ckpt.model.std == IMAGENET_STD
-    assert ckpt.train == cfg and ckpt.optimizer is not None
+    assert train_config(ckpt) == cfg and ckpt.optimizer is not None
     # weights_only load of the raw file works: plain types and tensors only.
     torch.load(cfg.output_dir / "checkpoint.pt", weights_only=True)
     encoder = load_encoder(ckpt)
@@ -60,10 +61,13 @@ def test_v1_checkpoint_upgrades_to_the_same_model(tiny_config, tmp_path):
     model = build_moco(cfg, bn_splits=1)
     v1_file(cfg, model, tmp_path / "v1.pt")
     ckpt = load_checkpoint(tmp_path / "v1.pt")
-    assert ckpt.model == ModelConfig.of(cfg)
+    assert ckpt.model == cfg.model_spec()
     assert (ckpt.step, ckpt.epoch, ckpt.world_size) == (7, 1, 2)
-    assert ckpt.train.nesting_list == cfg.nesting_list and ckpt.train.dataset == cfg.dataset
-    assert ckpt.fingerprint == Checkpoint.capture(cfg, model).fingerprint
+    assert (
+        train_config(ckpt).nesting_list == cfg.nesting_list
+        and train_config(ckpt).dataset == cfg.dataset
+    )
+    assert ckpt.fingerprint == capture(cfg, model).fingerprint
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(load_encoder(ckpt)(x), model.encoder_q.eval()(x))
 
@@ -75,7 +79,7 @@ def test_v1_checkpoint_from_before_head_options(tiny_config, tmp_path):
     v1_file(cfg, model, tmp_path / "old.pt", head_bn=None, mlp_hidden=None, mean=None, std=None)
     ckpt = load_checkpoint(tmp_path / "old.pt")
     assert not ckpt.model.head_bn and ckpt.model.mlp_hidden == 0
-    assert not ckpt.train.head_bn
+    assert not train_config(ckpt).head_bn
     assert ckpt.model.mean == IMAGENET_MEAN
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(load_encoder(ckpt)(x), model.encoder_q.eval()(x))
@@ -122,14 +126,14 @@ def test_failed_save_leaves_previous_checkpoint_intact(tiny_config, tmp_path, mo
     cfg = tiny_config()
     model = build_moco(cfg, bn_splits=1)
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(Checkpoint.capture(cfg, model, step=1), path)
+    save_checkpoint(capture(cfg, model, step=1), path)
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        save_checkpoint(Checkpoint.capture(cfg, model, step=2), path)
+        save_checkpoint(capture(cfg, model, step=2), path)
     monkeypatch.undo()
     assert load_checkpoint(path).step == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -3,10 +3,12 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer import shapes
-from trainer.augment import AugmentParams, BatchTwoCrop, TwoCropTransform
+from core.cli import UsageError
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
 from trainer.config import TrainConfig
-from trainer.data import (
+from trainer.data import shapes
+from trainer.data.augment import AugmentParams, BatchTwoCrop, TwoCropTransform
+from trainer.data.datasets import (
     SHAPES_VERSION,
     DecodedImages,
     EpochSampler,
@@ -15,8 +17,6 @@ from trainer.data import (
     load_splits,
     shapes_dataset,
 )
-from trainer.errors import UsageError
-from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
 
 
 def test_shapes_is_deterministic_and_cached(tmp_path):
@@ -35,7 +35,7 @@ def test_shapes_is_deterministic_and_cached(tmp_path):
 def test_shapes_generated_by_two_runs_at_once_keeps_the_first_copy(tmp_path, monkeypatch):
     """Two runs of a new seed (the ablation harness starts them together): the slower one's
     rename meets the faster one's folder; it must load that folder, not fail."""
-    import trainer.data as data_module
+    import trainer.data.datasets as data_module
 
     monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 20, "test": 10})
     final = tmp_path / f"shapes-v{SHAPES_VERSION}-32px-seed3"
@@ -53,7 +53,7 @@ def test_shapes_generated_by_two_runs_at_once_keeps_the_first_copy(tmp_path, mon
 
 def test_shapes_train_split_does_not_depend_on_the_test_size(tmp_path, monkeypatch):
     """v2 only enlarged the test split: checkpoints trained on v1 saw the same train images."""
-    import trainer.data as data_module
+    import trainer.data.datasets as data_module
 
     monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 30, "test": 10})
     small = shapes_dataset(tmp_path / "a", 32, seed=5)
@@ -68,7 +68,7 @@ def test_shapes_train_split_does_not_depend_on_the_test_size(tmp_path, monkeypat
 
 
 def test_data_seed_fixes_the_shapes_dataset_across_seeds(tmp_path, monkeypatch):
-    import trainer.data as data_module
+    import trainer.data.datasets as data_module
 
     monkeypatch.setattr(data_module, "SHAPES_SIZES", {"train": 20, "test": 10})
 
@@ -206,7 +206,7 @@ def test_auto_augment_batches_a_real_dataset_that_fits_in_memory(tiny_config, mo
     data = TrainData(cfg, train, 0, 1, torch.device("cpu"))
     assert data.mode == "batch"
     assert data.loader.dataset.images is not None  # decoded once, held in memory
-    monkeypatch.setattr("trainer.data.PRELOAD_BYTES", 1000)
+    monkeypatch.setattr("trainer.data.datasets.PRELOAD_BYTES", 1000)
     assert TrainData(cfg, train, 0, 1, torch.device("cpu")).mode == "worker"
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import CheckpointError, load_checkpoint
+from core.checkpoint import CheckpointError, load_checkpoint
+from trainer.checkpointing import train_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -194,18 +195,17 @@ def assert_principal_axes_of_saved_network(ckpt) -> None:
     """The rotation the ranks fitted together (each embedding a share) diagonalises the
     covariance of the train embeddings of the network in the checkpoint, BN statistics and all:
     had rank 1 embedded with its own BN statistics, half the rows would come from another net."""
-    from trainer.config import ModelConfig
-    from trainer.data import load_splits
+    from core.encoder import load_encoder
+    from core.preprocess import EvalPreprocess
+    from trainer.data.datasets import load_splits
     from trainer.embed import eval_mode, extract_embeddings
-    from trainer.model import load_encoder
-    from trainer.preprocess import EvalPreprocess
 
-    cfg = ckpt.train
+    cfg = train_config(ckpt)
     encoder = load_encoder(ckpt, "cpu")
     encoder.rotation = None
     with eval_mode(encoder):
         x, _ = extract_embeddings(
-            encoder, load_splits(cfg)[0], EvalPreprocess.of(ModelConfig.of(cfg)),
+            encoder, load_splits(cfg)[0], EvalPreprocess.of(cfg.model_spec()),
             cfg.image_column, cfg.label_column, "cpu", 256,
         )  # fmt: skip
     x = torch.from_numpy(x).double()

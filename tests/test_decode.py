@@ -1,4 +1,4 @@
-"""Device decode of JPEG bytes (trainer.decode) against the PIL pipeline it replaces.
+"""Device decode of JPEG bytes (trainer.data.decode) against the PIL pipeline it replaces.
 
 Tolerance: on the CPU, torchvision's decoder and PIL are both libjpeg-turbo and the resize is
 the same function, so the result must be identical. On CUDA (nvjpeg, float resize) the mean
@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer import decode as decode_mod
-from trainer.checkpoint import load_checkpoint
-from trainer.data import DecodedImages, EncodedImages, TrainData, choose_decode
-from trainer.decode import as_byte_tensor, collate_encoded, decode_jpegs, is_jpeg, pil_decode
-from trainer.errors import UsageError
+from core.checkpoint import load_checkpoint
+from core.cli import UsageError
+from trainer.data import decode as decode_mod
+from trainer.data.datasets import DecodedImages, EncodedImages, TrainData, choose_decode
+from trainer.data.decode import as_byte_tensor, collate_encoded, decode_jpegs, is_jpeg, pil_decode
 from trainer.train import train
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -10,9 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer import distributed as d
-from trainer import train_distributed
-from trainer.errors import UsageError
+from core.cli import UsageError
+from trainer.distributed import env as denv
+from trainer.distributed import launch as train_distributed
+from trainer.distributed import mig
+from trainer.distributed import process_group as d
 
 A100_MIG = """\
 GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77)
@@ -41,42 +43,44 @@ GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbbbbbb-0000-0000-0000-000000000000)
 """
 
 
-def local(rank: int, nproc: int) -> d.DistEnv:
-    return d.DistEnv(rank=rank, local_rank=rank, world_size=nproc, local_world_size=nproc)
+def local(rank: int, nproc: int) -> denv.DistEnv:
+    return denv.DistEnv(rank=rank, local_rank=rank, world_size=nproc, local_world_size=nproc)
 
 
 # --- read_env ---------------------------------------------------------------------------
 
 
 def test_read_env_nothing_is_one_process():
-    env = d.read_env({})
-    assert env == d.DistEnv(0, 0, 1, 1)
+    env = denv.read_env({})
+    assert env == denv.DistEnv(0, 0, 1, 1)
     assert not env.is_distributed and env.is_main
 
 
 def test_read_env_torchrun():
-    env = d.read_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
-    assert env == d.DistEnv(rank=3, local_rank=1, world_size=4, local_world_size=2)
+    env = denv.read_env(
+        {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}
+    )
+    assert env == denv.DistEnv(rank=3, local_rank=1, world_size=4, local_world_size=2)
     assert env.is_distributed and not env.is_main
 
 
 def test_read_env_pytorchjob_without_torchrun():
-    env = d.read_env({"RANK": "1", "WORLD_SIZE": "2", "PET_NNODES": "2", "PET_NODE_RANK": "1"})
-    assert env == d.DistEnv(rank=1, local_rank=0, world_size=2, local_world_size=1)
+    env = denv.read_env({"RANK": "1", "WORLD_SIZE": "2", "PET_NNODES": "2", "PET_NODE_RANK": "1"})
+    assert env == denv.DistEnv(rank=1, local_rank=0, world_size=2, local_world_size=1)
 
 
 def test_read_env_pet_only():
-    env = d.read_env({"PET_NNODES": "3", "PET_NODE_RANK": "2", "PET_NPROC_PER_NODE": "1"})
-    assert env == d.DistEnv(rank=2, local_rank=0, world_size=3, local_world_size=1)
+    env = denv.read_env({"PET_NNODES": "3", "PET_NODE_RANK": "2", "PET_NPROC_PER_NODE": "1"})
+    assert env == denv.DistEnv(rank=2, local_rank=0, world_size=3, local_world_size=1)
 
 
 def test_read_env_pet_nproc_auto_is_fine():
-    assert d.read_env({"PET_NPROC_PER_NODE": "auto"}) == d.DistEnv()
+    assert denv.read_env({"PET_NPROC_PER_NODE": "auto"}) == denv.DistEnv()
 
 
 def test_read_env_pet_several_procs_needs_torchrun():
     with pytest.raises(UsageError, match="torchrun"):
-        d.read_env({"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4"})
+        denv.read_env({"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4"})
 
 
 @pytest.mark.parametrize(
@@ -88,14 +92,14 @@ def test_read_env_pet_several_procs_needs_torchrun():
 )
 def test_read_env_bad_values(environ, match):
     with pytest.raises(UsageError, match=match):
-        d.read_env(environ)
+        denv.read_env(environ)
 
 
 # --- nvidia-smi -L parsing ----------------------------------------------------------------
 
 
 def test_parse_full_gpus_and_mig_children():
-    gpus = d.parse_nvidia_smi_list(A100_MIG)
+    gpus = mig.parse_nvidia_smi_list(A100_MIG)
     assert [g.index for g in gpus] == [0, 1]
     assert gpus[0].name == "NVIDIA A100-SXM4-40GB"
     assert gpus[0].uuid == "GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77"
@@ -105,15 +109,15 @@ def test_parse_full_gpus_and_mig_children():
 
 
 def test_parse_old_style_ids_and_nothing():
-    gpus = d.parse_nvidia_smi_list(OLD_STYLE)
+    gpus = mig.parse_nvidia_smi_list(OLD_STYLE)
     assert [m.uuid for m in gpus[0].mig_devices] == OLD_SLICES
-    assert d.parse_nvidia_smi_list(None) == []
-    assert d.parse_nvidia_smi_list("NVIDIA-SMI has failed\n") == []
+    assert mig.parse_nvidia_smi_list(None) == []
+    assert mig.parse_nvidia_smi_list("NVIDIA-SMI has failed\n") == []
 
 
 def test_run_nvidia_smi_missing_binary(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert d.run_nvidia_smi_list() is None
+    assert mig.run_nvidia_smi_list() is None
 
 
 # --- visible slices and pinning -------------------------------------------------------------
@@ -139,19 +143,19 @@ def test_run_nvidia_smi_missing_binary(monkeypatch):
     ],
 )
 def test_visible_mig_devices(environ, smi, expected):
-    assert d.visible_mig_devices(environ, smi) == expected
+    assert mig.visible_mig_devices(environ, smi) == expected
 
 
 def test_pin_no_gpu_and_full_gpus_leave_env_alone():
     for smi in (None, FULL_GPUS):
         environ: dict[str, str] = {}
-        assert d.pin_mig_slice(local(1, 2), environ, smi) is None
+        assert mig.pin_mig_slice(local(1, 2), environ, smi) is None
         assert environ == {}
 
 
 def test_pin_one_slice_leaves_env_alone():
     environ = {"CUDA_VISIBLE_DEVICES": SLICES[1]}
-    assert d.pin_mig_slice(local(0, 1), environ, A100_MIG) == SLICES[1]
+    assert mig.pin_mig_slice(local(0, 1), environ, A100_MIG) == SLICES[1]
     assert environ == {"CUDA_VISIBLE_DEVICES": SLICES[1]}
 
 
@@ -159,20 +163,20 @@ def test_pin_one_slice_leaves_env_alone():
 def test_pin_several_slices_each_local_rank_its_own(smi, slices):
     for r, want in enumerate(slices):
         environ = {"NVIDIA_VISIBLE_DEVICES": "all"}
-        assert d.pin_mig_slice(local(r, len(slices)), environ, smi) == want
+        assert mig.pin_mig_slice(local(r, len(slices)), environ, smi) == want
         assert environ["CUDA_VISIBLE_DEVICES"] == want
 
 
 def test_pin_several_slices_from_cuda_visible_devices():
     environ = {"CUDA_VISIBLE_DEVICES": ",".join(SLICES[:2])}
-    assert d.pin_mig_slice(local(1, 2), environ, None) == SLICES[1]
+    assert mig.pin_mig_slice(local(1, 2), environ, None) == SLICES[1]
     assert environ["CUDA_VISIBLE_DEVICES"] == SLICES[1]
 
 
 def test_pin_rank_without_a_slice_is_a_clear_error():
     environ = {"NVIDIA_VISIBLE_DEVICES": ",".join(SLICES[:2])}
     with pytest.raises(UsageError, match=r"local rank 2 has no MIG slice.*2 slice\(s\)"):
-        d.pin_mig_slice(local(2, 3), environ, A100_MIG)
+        mig.pin_mig_slice(local(2, 3), environ, A100_MIG)
     assert "CUDA_VISIBLE_DEVICES" not in environ
 
 
@@ -220,7 +224,7 @@ def test_choose_backend_unknown():
 def test_setup_single_process_cpu():
     environ: dict[str, str] = {}
     env, device, backend = d.setup("auto", "cpu", environ)
-    assert (env, device, backend) == (d.DistEnv(), torch.device("cpu"), "gloo")
+    assert (env, device, backend) == (denv.DistEnv(), torch.device("cpu"), "gloo")
     assert not dist.is_initialized() and environ == {}
 
 

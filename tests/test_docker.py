@@ -22,7 +22,7 @@ DOCKERFILES = {
     "server": ROOT / "docker" / "server.Dockerfile",
 }
 ENTRYPOINTS = {
-    "trainer": ["python", "-m", "trainer.torchrun"],
+    "trainer": ["python", "-m", "trainer.distributed.torchrun"],
     "server": ["python", "-m", "server"],
 }
 ROLE_EXTRA = {"trainer": "train", "server": "serve"}
@@ -189,10 +189,10 @@ def test_server_code_imports_without_training_packages() -> None:
 
 
 def test_index_build_imports_without_serving_packages() -> None:
-    """The index Job runs `server.index` in the trainer image, which has no `serve` extra."""
+    """The index Job runs `trainer.build_index` in the trainer image, which has no `serve` extra."""
     code = (
         "import sys\nfor m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client', "
-        "'multipart'): sys.modules[m] = None\nimport server.index, trainer.evaluate\n"
+        "'multipart'): sys.modules[m] = None\nimport trainer.build_index, trainer.evaluate.cli\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -10,11 +10,12 @@ import pytest
 import torch
 from search_reference import search
 
-from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from trainer.errors import run_cli
-from trainer.evaluate import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
-from trainer.metrics import average_precision_at_k, knn_predict
-from trainer.nesting import truncate_normalize, truncate_normalize_np
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.cli import run_cli
+from core.nesting import truncate_normalize, truncate_normalize_np
+from trainer.checkpointing import capture
+from trainer.evaluate.cli import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
+from trainer.evaluate.metrics import average_precision_at_k, knn_predict
 
 KEYS = {"checkpoint", "dataset", "rotation", "n_train", "n_test", "metrics"}
 ROW_KEYS = {"dim", "knn_top1", "map_at_k", "k", "map_k"}
@@ -170,13 +171,13 @@ def nan_x() -> np.ndarray:
 @pytest.fixture
 def checkpoint(tiny_config, tmp_path):
     """A real (untrained) checkpoint of the tiny config's model."""
-    from trainer.model import build_moco
+    from trainer.moco import build_moco
 
     cfg = tiny_config()
     torch.manual_seed(0)
     model = build_moco(cfg, bn_splits=1)
     path = tmp_path / "run" / "checkpoint.pt"
-    save_checkpoint(Checkpoint.capture(cfg, model), path)
+    save_checkpoint(capture(cfg, model), path)
     return path, cfg, model.encoder_q.eval()
 
 
@@ -198,8 +199,8 @@ def test_checkpoint_and_embeddings_paths_agree(monkeypatch, capsys, tmp_path, ch
 def test_one_extraction_sliced_equals_embedding_each_dim(tiny_dataset, checkpoint):
     import datasets
 
+    from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
     from trainer.embed import extract_embeddings
-    from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess
 
     _, cfg, encoder = checkpoint
     ds = datasets.load_from_disk(tiny_dataset)["test"]

@@ -178,7 +178,9 @@ def test_training_job_is_an_elastic_torchrun_gang(overlay: str) -> None:
 
     args = argv(overlay, "Job", "moco-train")
     assert args[:2] == ["/bin/sh", "-c"] and args[3] == "torchrun"
-    assert "exec python -m trainer.torchrun " in args[2], "container exit codes (143, 2)"
+    assert "exec python -m trainer.distributed.torchrun " in args[2], (
+        "container exit codes (143, 2)"
+    )
     torchrun = args[4:]
     assert flag(torchrun, "--nnodes") == env["NNODES"]
     assert flag(torchrun, "--rdzv-backend") == "c10d"
@@ -200,7 +202,7 @@ def test_training_job_is_an_elastic_torchrun_gang(overlay: str) -> None:
         for r in rules
         if r.get("onExitCodes", {}).get("containerName") == c["name"]
     }
-    # trainer.torchrun: 143 = stopped by SIGTERM after saving (resumes), 2 = usage error.
+    # the torchrun wrapper: 143 = stopped by SIGTERM after saving (resumes), 2 = usage error.
     assert exit_rules == {"Ignore": [143], "FailJob": [2]}
     assert pod["restartPolicy"] == "Never"
     assert pod["terminationGracePeriodSeconds"] >= 60
@@ -225,7 +227,7 @@ def test_only_pod_zero_hosts_the_rendezvous_store(tmp_path: Path, index: str) ->
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": index}
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
     got = out.splitlines()
-    assert got[:2] == ["-m", "trainer.torchrun"]
+    assert got[:2] == ["-m", "trainer.distributed.torchrun"]
     got = got[2:]
     assert got[0] == f"--rdzv-conf=is_host={int(index == '0')},join_timeout=1800"
     assert got[1:] == args[4:], "the prelude must pass the torchrun argv through unchanged"
@@ -241,7 +243,7 @@ def test_eval_and_index_jobs_use_the_run_checkpoint(overlay: str) -> None:
         "--dataset", env["DATASET"], "--cache-dir", "/data", "--output", f"{run}/eval.json",
     ]  # fmt: skip
     assert argv(overlay, "Job", "moco-index") == [
-        "python", "-m", "server.index", "build", "--checkpoint", f"{run}/checkpoint.pt",
+        "python", "-m", "trainer.build_index", "--checkpoint", f"{run}/checkpoint.pt",
         "--dataset", env["DATASET"], "--split", "train", "--cache-dir", "/data",
         "--out", f"{run}/index",
     ]  # fmt: skip
@@ -350,7 +352,10 @@ def test_cpu_overlay_argv_runs_against_local_code(tmp_path: Path) -> None:
     run = tmp_path / "runs" / env["RUN_NAME"]
     assert (run / "checkpoint.pt").is_file()
 
-    for name, module in (("moco-eval", "trainer.evaluate"), ("moco-index", "server.index")):
+    for name, module in (
+        ("moco-eval", "trainer.evaluate"),
+        ("moco-index", "trainer.build_index"),
+    ):
         if importlib.util.find_spec(module) is None:
             continue
         args = _local(argv("cpu", "Job", name), tmp_path)
@@ -366,7 +371,7 @@ def test_cpu_overlay_argv_runs_against_local_code(tmp_path: Path) -> None:
         assert r.returncode == 0, f"{name}: " + r.stdout[-3000:] + r.stderr[-3000:]
     if importlib.util.find_spec("trainer.evaluate") is not None:
         assert (run / "eval.json").is_file()
-    if importlib.util.find_spec("server.index") is not None:
+    if importlib.util.find_spec("trainer.build_index") is not None:
         assert (run / "index").is_dir()
 
 

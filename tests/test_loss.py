@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from trainer.config import TrainConfig
-from trainer.loss import MoCoMatryoshkaLoss, build_loss, training_weights
+from trainer.config import TrainConfig, training_weights
+from trainer.loss import MoCoMatryoshkaLoss, build_loss
 
 
 def reference_infonce(q, k, queue, d, t):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from search_reference import search
 
-from trainer.metrics import average_precision_at_k, knn_predict
+from trainer.evaluate.metrics import average_precision_at_k, knn_predict
 
 
 def reference_neighbours(bank: np.ndarray, queries: np.ndarray, dim: int) -> tuple:

@@ -1,6 +1,8 @@
 import torch
 
-from trainer.model import MoCo, SplitBatchNorm, build_moco
+from core.encoder import SplitBatchNorm
+from trainer.checkpointing import capture
+from trainer.moco import MoCo, build_moco
 
 
 def small_moco(tiny_config, **kw):
@@ -70,8 +72,7 @@ def test_resnet_cifar_stem_and_head_dim(tiny_config):
 
 
 def test_head_bn_equalises_coordinate_energy_and_loads(tiny_config):
-    from trainer.checkpoint import Checkpoint
-    from trainer.model import load_encoder
+    from core.encoder import load_encoder
 
     cfg = tiny_config(head_bn=True)
     model = build_moco(cfg, bn_splits=2)
@@ -83,7 +84,7 @@ def test_head_bn_equalises_coordinate_energy_and_loads(tiny_config):
         r = raw[split::2]
         expected = (r - r.mean(0)) / torch.sqrt(r.var(0, unbiased=False) + 1e-5)
         torch.testing.assert_close(out[split::2], expected, atol=1e-4, rtol=1e-4)
-    encoder = load_encoder(Checkpoint.capture(cfg, model))
+    encoder = load_encoder(capture(cfg, model))
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(encoder(x), model.encoder_q.eval()(x))
 
@@ -104,7 +105,7 @@ def _grads(cfg, x: torch.Tensor, which: str):
 
 
 def test_prefix_grad_scales_only_what_the_nested_losses_send_into_the_backbone(tiny_config):
-    from trainer.loss import training_weights
+    from trainer.config import training_weights
 
     torch.manual_seed(0)
     x = torch.randn(16, 3, 32, 32)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trainer.errors import run_cli
-from trainer.evaluate import PROG, main
-from trainer.model import load_encoder
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.cli import run_cli
+from core.encoder import load_encoder
+from trainer.checkpointing import train_config
+from trainer.evaluate.cli import PROG, main
 from trainer.rotation import pca_rotation
 from trainer.train import train
 
@@ -53,7 +54,7 @@ def test_training_fits_the_rotation_the_encoder_serves(tiny_config, tiny_dataset
     cfg = tiny_config(epochs=1)
     train(cfg)
     ckpt = load_checkpoint(cfg.output_dir / "checkpoint.pt")
-    assert ckpt.train.rotation == "pca" and ckpt.rotation.shape == (32, 32)
+    assert train_config(ckpt).rotation == "pca" and ckpt.rotation.shape == (32, 32)
     torch.testing.assert_close(ckpt.rotation.T @ ckpt.rotation, torch.eye(32), atol=1e-5, rtol=0)
     served = load_encoder(ckpt)
     raw = load_encoder(ckpt)
@@ -89,7 +90,7 @@ def test_old_checkpoint_without_rotation_loads_as_none(tiny_config, tmp_path):
     del raw["rotation"], raw["train"]["rotation"]
     torch.save(raw, tmp_path / "old.pt")
     old = load_checkpoint(tmp_path / "old.pt")
-    assert old.rotation is None and old.train.rotation == "none"
+    assert old.rotation is None and train_config(old).rotation == "none"
 
 
 @pytest.mark.parametrize(

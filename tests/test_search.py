@@ -1,4 +1,4 @@
-"""trainer.search against brute-force numpy, with ties, chunking and the funnel."""
+"""index.search against brute-force numpy, with ties, chunking and the funnel."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from search_reference import funnel_search, search
 
-from trainer.search import build_index, search_index
+from index.search import build_index, search_index
 
 
 def cosines(bank: np.ndarray, queries: np.ndarray, dim: int) -> np.ndarray:
@@ -126,7 +126,7 @@ def test_bad_arguments_raise_value_error(k, dim, message):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_truncate_normalize_np_never_writes_its_input(dtype):
     """It divides in place only into its own copy: the caller's rows stay as they were."""
-    from trainer.nesting import truncate_normalize_np
+    from core.nesting import truncate_normalize_np
 
     x = np.random.default_rng(0).standard_normal((6, 16)).astype(dtype)
     before = x.copy()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer.seed_stats import (
+from experiments.seed_stats import (
     paired_difference,
     std_ratio_interval,
     t_central_probability,

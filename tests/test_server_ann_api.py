@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from test_server_helpers import NESTING, matryoshka_vectors, train_tiny
 
+from core.cli import UsageError
 from server.app import create_app
-from server.index import SearchBuild, build_index_folder
-from server.index import main as index_main
 from server.settings import Settings
-from trainer.errors import UsageError
+from trainer.build_index import IndexBuildConfig, build_index_folder
+from trainer.build_index import main as index_main
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -32,13 +32,18 @@ def checkpoint(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ann_index(checkpoint, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("idx") / "index"
-    search = SearchBuild(
-        store_dtype="float16",
-        shortlist_dim=SHORTLIST_DIM,
-        index_factory="HNSW32",
-        eval_json=checkpoint.parent / "eval.json",
+    build_index_folder(
+        IndexBuildConfig(
+            checkpoint=checkpoint,
+            dataset=tiny_dataset,
+            out=out,
+            batch_size=64,
+            store_dtype="float16",
+            shortlist_dim=SHORTLIST_DIM,
+            index_factory="HNSW32",
+            eval_json=checkpoint.parent / "eval.json",
+        )
     )
-    build_index_folder(checkpoint, tiny_dataset, "train", out, batch_size=64, search=search)
     return out
 
 
@@ -117,7 +122,7 @@ def test_bad_knobs_are_clear_4xx(client, extra, status, says):
 
 
 def test_index_cli_refuses_bad_ann_options(checkpoint, tiny_dataset, tmp_path):
-    base = ["build", "--checkpoint", str(checkpoint), "--dataset", tiny_dataset]
+    base = ["--checkpoint", str(checkpoint), "--dataset", tiny_dataset]
     with pytest.raises(UsageError, match="FAISS cannot build index 'Nope'"):
         index_main(
             [

@@ -22,11 +22,11 @@ from test_server_helpers import (
     train_tiny,
 )
 
+from core.cli import UsageError
+from core.nesting import truncate_normalize_np
 from server.app import create_app
-from server.index import build_index_folder
 from server.settings import Settings
-from trainer.errors import UsageError
-from trainer.nesting import truncate_normalize_np
+from trainer.build_index import IndexBuildConfig, build_index_folder
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -423,12 +423,13 @@ def test_rebuilding_an_index_keeps_it_or_refuses_another_checkpoint(
 ):
     out = build_index(checkpoint, tiny_dataset, tmp_path / "index", limit=40)
     manifest = (out / "manifest.json").read_text()
-    again = build_index_folder(checkpoint, tiny_dataset, "train", out, limit=40)
+    cfg = IndexBuildConfig(checkpoint=checkpoint, dataset=tiny_dataset, out=out, limit=40)
+    again = build_index_folder(cfg)
     assert again["skipped"] and (out / "manifest.json").read_text() == manifest
     other = train_tiny(tiny_dataset, tmp_path / "other", seed=1)
     with pytest.raises(UsageError, match="index of another checkpoint; pass --force"):
-        build_index_folder(other, tiny_dataset, "train", out, limit=40)
-    rebuilt = build_index_folder(other, tiny_dataset, "train", out, limit=40, force=True)
+        build_index_folder(cfg.model_copy(update={"checkpoint": other}))
+    rebuilt = build_index_folder(cfg.model_copy(update={"checkpoint": other, "force": True}))
     assert rebuilt["count"] == 40 and "skipped" not in rebuilt
 
 

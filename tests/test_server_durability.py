@@ -14,7 +14,7 @@ import httpx
 import pytest
 from test_server_helpers import Server, matryoshka_vectors, train_tiny
 
-from server.store import IndexStore
+from index.store import IndexStore
 
 pytestmark = pytest.mark.slow
 KEY = "durability-key"

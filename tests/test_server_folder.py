@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_server_helpers import matryoshka_vectors
 
-from server.errors import IndexFolderError
-from server.store import IndexStore
+from index.errors import IndexFolderError
+from index.store import IndexStore
 
 FP = "f" * 16
 CREATE = {"checkpoint": "test.pt", "nesting_list": [8, 16, 32]}

@@ -17,12 +17,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from server.index import build_index_folder
-from trainer.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
+from core.encoder import load_encoder
+from core.preprocess import EvalPreprocess
+from trainer.build_index import IndexBuildConfig, build_index_folder
 from trainer.config import TrainConfig
 from trainer.embed import extract_embeddings
-from trainer.model import load_encoder
-from trainer.preprocess import EvalPreprocess
 from trainer.train import train
 
 NESTING = [8, 16, 32, 64]
@@ -49,7 +49,11 @@ def train_tiny(dataset: str, out: Path, seed: int = 0) -> Path:
 
 
 def build_index(checkpoint: Path, dataset: str, out: Path, limit: int = 0) -> Path:
-    build_index_folder(checkpoint, dataset, "train", out, batch_size=64, limit=limit)
+    build_index_folder(
+        IndexBuildConfig(
+            checkpoint=checkpoint, dataset=dataset, out=out, batch_size=64, limit=limit
+        )
+    )
     return out
 
 

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from test_server_helpers import matryoshka_vectors, train_tiny
 
+from core.checkpoint import load_checkpoint
+from index.store import IndexStore
 from server.app import create_app
 from server.settings import Settings
-from server.store import IndexStore
-from trainer.checkpoint import load_checkpoint
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}

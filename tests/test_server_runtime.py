@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.config import ModelConfig
+from core.encoder import Encoder
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from server.runtime import serving_encoder
-from trainer.config import ModelConfig
-from trainer.model import Encoder
-from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 def random_encoder(arch: str, head_bn: bool) -> Encoder:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from test_server_helpers import matryoshka_vectors
 
-from server.errors import Conflict, IndexFolderError, NotFound
-from server.index import main as index_main
-from server.store import IndexStore
-from trainer.errors import UsageError
+from core.cli import UsageError
+from index.errors import DuplicateIds, IndexFolderError, ItemNotFound
+from index.plan import SearchPlan
+from index.store import IndexStore
+from trainer.build_index import main as index_main
 
 FP = "f" * 16
 CREATE = {"checkpoint": "test.pt", "nesting_list": [8, 16, 32]}
@@ -37,7 +38,9 @@ def test_unclosed_writer_is_replayed_exactly(tmp_path):
     store = open_store(tmp_path / "i")
     x = matryoshka_vectors(10, 32, seed=0)
     store.add(items([f"a{i}" for i in range(5)]), x[:5])
-    store.search(x[:2], 3, 8, None, 10)  # builds an index that the next edits must update
+    store.search(
+        x[:2], SearchPlan(3, 8, None, 10)
+    )  # builds an index that the next edits must update
     store.add(items([f"b{i}" for i in range(5)]), x[5:])
     store.delete("a2")
     before = snapshot(store)
@@ -46,8 +49,8 @@ def test_unclosed_writer_is_replayed_exactly(tmp_path):
     after = snapshot(again)
     assert before[0] == after[0] and len(again) == 9
     np.testing.assert_array_equal(before[1], after[1])
-    s1, r1 = store.search(x, 3, 16, 32, 6)
-    s2, r2 = again.search(x, 3, 16, 32, 6)
+    s1, r1, _ = store.search(x, SearchPlan(3, 16, 32, 6))
+    s2, r2, _ = again.search(x, SearchPlan(3, 16, 32, 6))
     np.testing.assert_allclose(s1, s2, rtol=1e-6)
     assert [[store.item(r)["id"] for r in row] for row in r1] == [
         [again.item(r)["id"] for r in row] for row in r2
@@ -77,9 +80,9 @@ def test_compaction_keeps_live_items_and_drops_old_files(tmp_path):
     store.add(items([f"v{i}" for i in range(20)]), x)
     for i in range(0, 20, 3):
         store.delete(f"v{i}")
-    store.search(x, 5, 8, None, 5)
+    store.search(x, SearchPlan(5, 8, None, 5))
     before = snapshot(store)
-    scores, rows = store.search(x, 5, 8, 32, 10)
+    scores, rows, _ = store.search(x, SearchPlan(5, 8, 32, 10))
     ids = [[store.item(r)["id"] for r in row] for row in rows]
     store.compact()
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == [
@@ -92,7 +95,7 @@ def test_compaction_keeps_live_items_and_drops_old_files(tmp_path):
         after = snapshot(s)
         assert before[0] == after[0]
         np.testing.assert_array_equal(before[1], after[1])
-        s2, r2 = s.search(x, 5, 8, 32, 10)
+        s2, r2, _ = s.search(x, SearchPlan(5, 8, 32, 10))
         np.testing.assert_allclose(scores, s2, rtol=1e-6)
         assert ids == [[s.item(r)["id"] for r in row] for row in r2]
     store.add(items(["new"]), x[:1])
@@ -103,7 +106,7 @@ def test_refuses_other_checkpoint_width_and_missing_folder(tmp_path):
     open_store(tmp_path / "i").close()
     with pytest.raises(IndexFolderError, match="fingerprint") as e:
         open_store(tmp_path / "i", fingerprint="0" * 16)
-    assert "server.index build" in str(e.value)
+    assert "python -m trainer.build_index --force" in str(e.value)
     with pytest.raises(IndexFolderError, match="64"):
         open_store(tmp_path / "i", width=64)
     with pytest.raises(IndexFolderError, match=r"no manifest\.json"):
@@ -116,12 +119,12 @@ def test_refuses_other_checkpoint_width_and_missing_folder(tmp_path):
 def test_edit_errors_and_empty_search(tmp_path):
     store = open_store(tmp_path / "i")
     x = matryoshka_vectors(2, 32, seed=3)
-    scores, _ = store.search(x, 5, 8, None, 10)
+    scores, _, _ = store.search(x, SearchPlan(5, 8, None, 10))
     assert scores.shape == (2, 0)
     store.add(items(["a"]), x[:1])
-    with pytest.raises(Conflict, match="a"):
+    with pytest.raises(DuplicateIds, match="a"):
         store.add(items(["a"]), x[:1])
-    with pytest.raises(NotFound, match="zz"):
+    with pytest.raises(ItemNotFound, match="zz"):
         store.delete("zz")
     reader = open_store(tmp_path / "i", writable=False)
     with pytest.raises(RuntimeError, match="read-only"):
@@ -143,7 +146,6 @@ def test_index_cli_errors(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         index_main(
             [
-                "build",
                 "--checkpoint",
                 str(tmp_path / "no.pt"),
                 "--dataset",
@@ -152,9 +154,8 @@ def test_index_cli_errors(tmp_path):
                 str(tmp_path / "o"),
             ]
         )
-    with pytest.raises(SystemExit) as e:
-        index_main(["build", "--dataset", "shapes"])
-    assert e.value.code == 2
+    with pytest.raises(UsageError, match="--checkpoint: Field required"):
+        index_main(["--dataset", "shapes"])
 
 
 ANN_KINDS = [
@@ -166,8 +167,8 @@ ANN_KINDS = [
 
 
 def ann_store(path, factory, dim, dtype, n=600, min_rows=0):
-    from server.store import write_generation
-    from server.vectors import VectorOptions
+    from index.store import write_generation
+    from index.vectors import VectorOptions
 
     x = matryoshka_vectors(n, 32, seed=7)
     info = {
@@ -188,7 +189,7 @@ def ids_of(store, rows):
 @pytest.mark.parametrize(("factory", "dim", "dtype"), ANN_KINDS)
 def test_ann_store_edits_replay_and_compaction(tmp_path, factory, dim, dtype):
     """Adds and deletes reach the ANN, survive a crash (log replay) and a compaction."""
-    from trainer.ann import SearchKnobs
+    from index.plan import SearchKnobs
 
     store, x = ann_store(tmp_path / "i", factory, dim, dtype)
     assert store.ann is not None and store.ann.factory == factory
@@ -199,20 +200,20 @@ def test_ann_store_edits_replay_and_compaction(tmp_path, factory, dim, dtype):
     store.delete("n4")
     knobs = SearchKnobs(nprobe=4, ef_search=64)
     q = np.concatenate([x[[3, 10]], extra[[4, 5]]])
-    args = (q, 5, dim, 32, 200, knobs)
-    before = store.search(*args, use_ann=True)
+    args = (q, SearchPlan(5, dim, 32, 200, knobs=knobs, use_ann=True))
+    before = store.search(*args)
     found = ids_of(store, before[1])
     assert not {"r3", "n4"} & {i for row in found for i in row}
     assert found[1][0] == "r10" and found[3][0] == "n5"  # a stored row finds itself
     again = open_store(tmp_path / "i")  # no close(): replay the log
-    np.testing.assert_array_equal(again.search(*args, use_ann=True)[1], before[1])
+    np.testing.assert_array_equal(again.search(*args)[1], before[1])
     store.compact()
     files = sorted(p.name for p in (tmp_path / "i").iterdir())
     assert "ann-1.faiss" in files and "ann-0.faiss" not in files
     assert store.ann is not None and store.ann.ntotal == len(store) == 618
-    assert ids_of(store, store.search(*args, use_ann=True)[1]) == found
+    assert ids_of(store, store.search(*args)[1]) == found
     reopened = open_store(tmp_path / "i", writable=False)
-    assert ids_of(reopened, reopened.search(*args, use_ann=True)[1]) == found
+    assert ids_of(reopened, reopened.search(*args)[1]) == found
 
 
 def test_ann_funnel_recall_and_exact_default_on_small_indexes(tmp_path):
@@ -220,13 +221,15 @@ def test_ann_funnel_recall_and_exact_default_on_small_indexes(tmp_path):
     below ann_min_rows an adaptive request shortlists exactly unless use_ann says so."""
     from search_reference import search
 
-    from trainer.ann import SearchKnobs
+    from index.plan import SearchKnobs
 
     store, x = ann_store(tmp_path / "i", "HNSW32", 16, "float16", n=3000, min_rows=10_000)
     q = matryoshka_vectors(50, 32, seed=9)
     _, truth = search(x.astype(np.float16).astype(np.float32), q, 10, 32, threads=1)
-    exact_path = store.search(q, 10, 16, 32, 600)
-    ann_path = store.search(q, 10, 16, 32, 600, SearchKnobs(ef_search=1200), use_ann=True)
+    exact_path = store.search(q, SearchPlan(10, 16, 32, 600))
+    ann_path = store.search(
+        q, SearchPlan(10, 16, 32, 600, knobs=SearchKnobs(ef_search=1200), use_ann=True)
+    )
     assert not store.vectors.uses_ann(16, None) and store.vectors.uses_ann(16, True)
 
     def recall(rows, ref):
@@ -234,23 +237,25 @@ def test_ann_funnel_recall_and_exact_default_on_small_indexes(tmp_path):
 
     assert recall(ann_path[1], exact_path[1]) >= 0.99
     assert recall(exact_path[1], truth) >= 0.95
-    full = store.search(q, 10, 32, None, 10)  # exact at full dim: a scan of the stored rows
+    full = store.search(
+        q, SearchPlan(10, 32, None, 10)
+    )  # exact at full dim: a scan of the stored rows
     np.testing.assert_array_equal(full[1], truth)
 
 
 def test_exact_search_beyond_the_flat_cache_scans_the_store(tmp_path):
-    from server.vectors import VectorOptions
+    from index.vectors import VectorOptions
 
     store = open_store(tmp_path / "i")
     x = matryoshka_vectors(300, 32, seed=5)
     store.add(items([f"v{i}" for i in range(300)]), x)
     store.delete("v1")
-    cached = store.search(x[:20], 7, 16, None, 7)
+    cached = store.search(x[:20], SearchPlan(7, 16, None, 7))
     assert 16 in store.vectors._flat
     tight = IndexStore.open(
         tmp_path / "i", FP, 32, writable=False, options=VectorOptions(flat_cache_bytes=0)
     )
-    scanned = tight.search(x[:20], 7, 16, None, 7)
+    scanned = tight.search(x[:20], SearchPlan(7, 16, None, 7))
     assert not tight.vectors._flat
     np.testing.assert_array_equal(cached[1], scanned[1])
     np.testing.assert_allclose(cached[0], scanned[0], atol=1e-6)
@@ -260,7 +265,7 @@ def test_exact_search_beyond_the_flat_cache_scans_the_store(tmp_path):
 @pytest.mark.parametrize(("dtype", "version"), [("float16", (1, 0)), ("float32", (2, 0))])
 def test_row_file_reads_what_the_array_holds(tmp_path, monkeypatch, dtype, version):
     """pread gathers (scattered, runs, repeats, any order, column spans) equal a[rows, cols]."""
-    from server import rowfile
+    from index import rowfile
 
     a = matryoshka_vectors(500, 24, seed=11).astype(dtype)
     path = tmp_path / "v.npy"
@@ -290,13 +295,13 @@ def test_searches_leave_nothing_of_the_vectors_file_mapped(tmp_path):
     maps = "/proc/self/maps"
     if not os.path.exists(maps):
         pytest.skip("needs /proc (Linux)")
-    from trainer.ann import SearchKnobs
+    from index.plan import SearchKnobs
 
     store, x = ann_store(tmp_path / "i", "IVF4,Flat", 8, "float16")
-    store.search(x[:5], 10, 8, 32, 100, SearchKnobs(nprobe=4), use_ann=True)
-    store.search(x[:5], 10, 32, None, 10)
+    store.search(x[:5], SearchPlan(10, 8, 32, 100, knobs=SearchKnobs(nprobe=4), use_ann=True))
+    store.search(x[:5], SearchPlan(10, 32, None, 10))
     store.delete("r0")
     store.compact()
-    store.search(x[:5], 10, 8, 32, 100, SearchKnobs(nprobe=4), use_ann=True)
+    store.search(x[:5], SearchPlan(10, 8, 32, 100, knobs=SearchKnobs(nprobe=4), use_ann=True))
     with open(maps) as f:
         assert "vectors-" not in f.read()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from test_server_helpers import build_index, split, train_tiny
 
-from server.thumbnails import BLOB, LOG, SIZE, Thumbnails, make_thumbnail
+from index.thumbnails import BLOB, LOG, SIZE, Thumbnails, make_thumbnail
 
 
 def decode(data: bytes) -> Image.Image:

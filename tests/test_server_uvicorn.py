@@ -23,7 +23,7 @@ from test_server_helpers import (
     train_tiny,
 )
 
-from trainer.nesting import truncate_normalize_np
+from core.nesting import truncate_normalize_np
 
 KEY = "uvicorn-key"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.parallel
 
-from trainer import distributed
+from trainer.distributed import process_group as distributed
 
 
 class _OldDDP:

@@ -1,4 +1,4 @@
-"""trainer.torchrun: torchrun with one exit code per outcome, as a container's PID 1 needs.
+"""trainer.distributed.torchrun: one exit code per outcome, as a container's PID 1 needs.
 
 The fast tests drive run_agent with torch's own exceptions; the slow ones run the real
 agent and worker and stop it with SIGTERM, as a kubelet or `docker stop` does.
@@ -16,10 +16,10 @@ import pytest
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from trainer.checkpoint import load_checkpoint
-from trainer.train_distributed import run_agent
+from core.checkpoint import load_checkpoint
+from trainer.distributed.launch import run_agent
 
-AGENT = [sys.executable, "-m", "trainer.torchrun", "--standalone", "--nproc-per-node=1"]
+AGENT = [sys.executable, "-m", "trainer.distributed.torchrun", "--standalone", "--nproc-per-node=1"]
 
 
 def _raise(exc: BaseException):

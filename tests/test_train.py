@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from trainer.checkpoint import load_checkpoint
-from trainer.errors import UsageError
+from core.checkpoint import load_checkpoint
+from core.cli import UsageError
 from trainer.train import train
 
 CLI = [sys.executable, "-m", "trainer.train"]

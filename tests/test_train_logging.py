@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from trainer.train import train
 
 

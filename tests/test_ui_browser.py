@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from test_server_helpers import Server, build_index, train_tiny
 
-from trainer.evaluate import main as evaluate_main
+from trainer.evaluate.cli import main as evaluate_main
 
 pytestmark = pytest.mark.ui
 

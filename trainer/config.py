@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-import types
-import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from trainer.errors import UsageError
-from trainer.nesting import parse_nesting_list
-from trainer.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-Arch = Literal["convnet", "resnet18", "resnet50"]
-
-
-def _nesting(v: object) -> list[int]:
-    try:
-        return parse_nesting_list(v)  # type: ignore[arg-type]
-    except UsageError as e:
-        raise ValueError(str(e)) from None
-
-
-NestingList = Annotated[list[int], BeforeValidator(_nesting)]
+from core.cli import add_model_flags, build_model_from_args, make_parser
+from core.config import Arch, ModelConfig, NestingList
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _weights(v: object) -> object:
@@ -40,6 +25,23 @@ def _weights(v: object) -> object:
 
 
 WeightList = Annotated[list[float], BeforeValidator(_weights)]
+
+
+def training_weights(
+    nesting_list: Sequence[int], mode: str, explicit: Sequence[float] = ()
+) -> list[float]:
+    """Per-dim weights. mean, sqrt, linear and an explicit list sum to 1, so adding dims keeps
+    the effective lr; sqrt and linear lean towards the large dims, whose last coordinates only
+    the largest losses train."""
+    n = len(nesting_list)
+    if explicit:
+        return [w / sum(explicit) for w in explicit]
+    if mode == "ones":
+        return [1.0] * n
+    if mode in ("sqrt", "linear"):
+        raw = [d**0.5 if mode == "sqrt" else float(d) for d in nesting_list]
+        return [r / sum(raw) for r in raw]
+    return [1.0 / n] * n
 
 
 class TrainConfig(BaseModel):
@@ -202,90 +204,21 @@ class TrainConfig(BaseModel):
         """JSON-safe dict, for the checkpoint (weights_only) and TensorBoard."""
         return self.model_dump(mode="json")
 
+    def dim_loss_weights(self) -> list[float]:
+        """The per-dim loss weights this run trains with (--loss-weights, --dim-weights)."""
+        return training_weights(self.nesting_list, self.loss_weights, self.dim_weights)
 
-class ModelConfig(BaseModel):
-    """What rebuilds the encoder and its input preprocessing exactly as trained.
-
-    Training writes it into the checkpoint; evaluation and the server read nothing else.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    arch: Arch
-    nesting_list: NestingList
-    image_size: int = Field(ge=16, le=512)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    mlp_hidden: int = Field(ge=0)
-    head_bn: bool
-
-    @classmethod
-    def of(cls, cfg: TrainConfig) -> ModelConfig:
-        return cls(
-            arch=cfg.arch,
-            nesting_list=cfg.nesting_list,
-            image_size=cfg.image_size,
+    def model_spec(self) -> ModelConfig:
+        """The served model this run trains: what the checkpoint tells evaluation and serving."""
+        return ModelConfig(
+            arch=self.arch,
+            nesting_list=self.nesting_list,
+            image_size=self.image_size,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
-            mlp_hidden=cfg.mlp_hidden,
-            head_bn=cfg.head_bn,
+            mlp_hidden=self.mlp_hidden,
+            head_bn=self.head_bn,
         )
-
-    @property
-    def full_dim(self) -> int:
-        return self.nesting_list[-1]
-
-
-def _flag_type(annotation: object) -> tuple[object, tuple[str, ...] | None]:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return str, tuple(str(a) for a in typing.get_args(annotation))
-    if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _flag_type(args[0])
-    return annotation, None
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (plus exit code 2), no usage dump."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One --kebab-case flag per field; values are validated by pydantic afterwards."""
-    for name, field in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        typ, choices = _flag_type(field.annotation)
-        default = field.default
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_ = f"{field.description or ''} (default: {shown})".strip()
-        if typ is bool:
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
-            )
-        else:
-            parser.add_argument(
-                flag, dest=name, choices=choices, default=None, metavar=name.upper(), help=help_
-            )
-
-
-def build_model_from_args(model: type[BaseModel], ns: argparse.Namespace, prog: str) -> BaseModel:
-    values = {k: v for k, v in vars(ns).items() if k in model.model_fields and v is not None}
-    try:
-        return model(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["loc"]:  # a whole-config check names its flags itself
-            msg = "--" + str(err["loc"][0]).replace("_", "-") + ": " + msg
-        raise UsageError(msg) from None
-
-
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _OneLineParser(prog=prog, description=description)
 
 
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:

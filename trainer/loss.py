@@ -99,26 +99,9 @@ def distillation(teacher: torch.Tensor, students: Sequence[torch.Tensor]) -> tor
     return torch.stack(kls).mean()
 
 
-def training_weights(
-    nesting_list: Sequence[int], mode: str, explicit: Sequence[float] = ()
-) -> list[float]:
-    """Per-dim weights. mean, sqrt, linear and an explicit list sum to 1, so adding dims keeps
-    the effective lr; sqrt and linear lean towards the large dims, whose last coordinates only
-    the largest losses train."""
-    n = len(nesting_list)
-    if explicit:
-        return [w / sum(explicit) for w in explicit]
-    if mode == "ones":
-        return [1.0] * n
-    if mode in ("sqrt", "linear"):
-        raw = [d**0.5 if mode == "sqrt" else float(d) for d in nesting_list]
-        return [r / sum(raw) for r in raw]
-    return [1.0 / n] * n
-
-
 def build_loss(cfg) -> MoCoMatryoshkaLoss:
     """The loss a TrainConfig asks for."""
-    weights = training_weights(cfg.nesting_list, cfg.loss_weights, cfg.dim_weights)
+    weights = cfg.dim_loss_weights()
     return MoCoMatryoshkaLoss(
         cfg.nesting_list, cfg.temp, weights, distill=cfg.distill, prefix_heads=cfg.prefix_heads
     )

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import TrainConfig
 
 # enough rows for a 2048-dim covariance; fitting reads at most this many train images
 FIT_SAMPLES = 20_000
@@ -48,9 +48,9 @@ def fit_rotation(
     """PCA of the train split's embeddings (at most FIT_SAMPLES, evenly spaced), as preprocessed
     for serving. With world_size > 1 every rank must call it: each embeds a share (all-gathered)
     and all return the same rotation."""
-    from trainer.data import load_splits
+    from core.preprocess import EvalPreprocess
+    from trainer.data.datasets import load_splits
     from trainer.embed import eval_mode, extract_embeddings
-    from trainer.preprocess import EvalPreprocess
 
     train_ds, _ = load_splits(cfg)
     step = -(-len(train_ds) // FIT_SAMPLES)
@@ -59,7 +59,7 @@ def fit_rotation(
         x, _ = extract_embeddings(
             encoder,
             sample,
-            EvalPreprocess.of(ModelConfig.of(cfg)),
+            EvalPreprocess.of(cfg.model_spec()),
             cfg.image_column,
             cfg.label_column,
             device,

@@ -3,7 +3,7 @@
 `train()` reads top to bottom: `setup` (process group, data, model, optimizer, resume), then
 epochs of `train_step`s (`run_epoch`), `end_epoch` (log, checkpoint, evaluate), the served
 rotation fitted once the last step is done (`trainer.rotation`), and `finish`, which on SIGTERM
-saves the step reached. The MoCo algorithm itself is `trainer.model.MoCo`.
+saves the step reached. The MoCo algorithm itself is `trainer.moco.MoCo`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from trainer import distributed as dist
-from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from trainer.config import ModelConfig, TrainConfig, parse_train_args
-from trainer.data import TrainData, load_splits
-from trainer.errors import UsageError, run_cli
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.cli import UsageError, run_cli
+from core.config import ModelConfig
+from trainer.checkpointing import capture, train_config
+from trainer.config import TrainConfig, parse_train_args
+from trainer.data.datasets import TrainData, load_splits
+from trainer.distributed import process_group as dist
 from trainer.loss import MoCoMatryoshkaLoss, build_loss
-from trainer.model import MoCo, build_moco
+from trainer.moco import MoCo, build_moco
 from trainer.rotation import fit_rotation
 
 MAX_QUEUE_FRACTION = 0.25
@@ -88,9 +90,10 @@ def resume_path(cfg: TrainConfig) -> Path | None:
 
 def restore(cfg: TrainConfig, path: Path, model: MoCo, loss_fn, optimizer, device) -> int:
     ckpt = load_checkpoint(path, map_location=device)
-    now = ModelConfig.of(cfg)
+    now = cfg.model_spec()
     pairs = [(k, getattr(ckpt.model, k), getattr(now, k)) for k in ModelConfig.model_fields]
-    pairs += [(k, getattr(ckpt.train, k), getattr(cfg, k)) for k in RESUME_MUST_MATCH]
+    saved_cfg = train_config(ckpt)
+    pairs += [(k, getattr(saved_cfg, k), getattr(cfg, k)) for k in RESUME_MUST_MATCH]
     for key, saved, now in pairs:
         if saved != now:
             raise UsageError(
@@ -114,7 +117,9 @@ def log_epoch(out_dir: Path, record: dict) -> None:
 
 
 def evaluate_now(encoder, cfg, device, env, writer, epoch: int) -> None:
-    from trainer.evaluate import evaluate_encoder  # evaluation imports the trainer, not the reverse
+    from trainer.evaluate.cli import (
+        evaluate_encoder,  # evaluation imports the trainer, not the reverse
+    )
 
     dist.broadcast_buffers_(encoder)  # every rank scores the network rank 0 saves
     rows = evaluate_encoder(encoder, cfg, device, env.rank, env.world_size)
@@ -149,7 +154,7 @@ class Run:
         """Rank 0 writes the checkpoint; other ranks do nothing."""
         path = self.cfg.output_dir / "checkpoint.pt"
         if self.env.is_main:
-            ckpt = Checkpoint.capture(
+            ckpt = capture(
                 self.cfg,
                 self.model,
                 self.optimizer,

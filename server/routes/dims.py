@@ -12,4 +12,4 @@ router = APIRouter(tags=["model"])
 
 @router.get("/v1/dims")
 async def dims(svc: ServiceDep) -> DimsInfo:
-    return svc.dims_info()
+    return svc.index.dims_info()

@@ -8,10 +8,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.datastructures import State
 
 from server.codec import FastJSON, encode
+from server.embedding import Embedded
 from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonService, ServiceDep
 from server.schemas import Dim, EmbedRequest, EmbedResponse, Encoding
-from server.service import Embedded
 
 router = APIRouter(tags=["embed"], responses=ERRORS)
 
@@ -27,7 +27,7 @@ def answer(state: State, out: Embedded, fmt: str) -> FastJSON:
 
 @router.post("/v1/embed", response_model=EmbedResponse)
 async def embed(body: EmbedRequest, request: Request, svc: JsonService) -> FastJSON:
-    out = await svc.embed(body.images, body.dim)
+    out = await svc.embedding.embed(body.images, body.dim)
     return answer(request.state, out, body.encoding_format)
 
 
@@ -39,5 +39,5 @@ async def embed_files(
     dim: Annotated[Dim | None, Form(description="a nesting dim; default: the full dim")] = None,
     encoding_format: Annotated[Encoding, Form()] = "float",
 ) -> FastJSON:
-    out = await svc.embed([await f.read() for f in files], dim)
+    out = await svc.embedding.embed([await f.read() for f in files], dim)
     return answer(request.state, out, encoding_format)

@@ -20,7 +20,7 @@ async def healthz() -> Status:
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
 async def readyz(request: Request) -> Status:
     svc = request.app.state.service
-    if svc is None or (svc.settings.index_dir is not None and svc.store is None):
+    if svc is None or (svc.settings.index_dir is not None and svc.index.store is None):
         raise NotReady("model or index not loaded yet")
     return Status(status="ready")
 

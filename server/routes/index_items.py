@@ -12,9 +12,9 @@ router = APIRouter(tags=["index"], responses=ERRORS, dependencies=[Writer])
 
 @router.post("/v1/index/items")
 async def add_items(body: AddRequest, svc: JsonService) -> AddResponse:
-    return await svc.add_items(body.items)
+    return await svc.index.add_items(body.items)
 
 
 @router.delete("/v1/index/items/{item_id}")
 async def delete_item(item_id: ItemId, svc: ServiceDep) -> DeleteResponse:
-    return await svc.delete(item_id)
+    return await svc.index.delete(item_id)

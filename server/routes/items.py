@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from index.thumbnails import MEDIA_TYPE
 from server.routes.deps import ERRORS, ServiceDep
 from server.schemas import ItemId, ItemInfo, ItemSample
-from server.thumbnails import MEDIA_TYPE
 
 router = APIRouter(tags=["items"], responses=ERRORS)
 
@@ -21,13 +21,13 @@ async def sample_items(
     svc: ServiceDep,
     sample: Annotated[int, Query(ge=1, le=100, description="how many random items")],
 ) -> ItemSample:
-    return svc.sample_items(sample)
+    return svc.index.sample_items(sample)
 
 
 @router.get("/v1/items/{item_id}")
 async def get_item(item_id: ItemId, svc: ServiceDep) -> ItemInfo:
     """The item with its full-dim vector (the page searches with it)."""
-    return svc.item_info(item_id)
+    return svc.index.item_info(item_id)
 
 
 @router.get(
@@ -40,7 +40,7 @@ async def get_thumbnail(
     svc: ServiceDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    data, etag = svc.thumbnail(item_id)
+    data, etag = svc.index.thumbnail(item_id)
     headers = {"ETag": etag, "Cache-Control": THUMBNAIL_CACHE, "X-Content-Type-Options": "nosniff"}
     if if_none_match == etag:
         return Response(status_code=304, headers=headers)

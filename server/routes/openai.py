@@ -82,7 +82,7 @@ async def embed_openai(body: EmbeddingsRequest, svc: Service, state: State) -> F
             f"model {body.model!r} is not served here; this server serves {served!r}"
         )
     images = [body.input] if isinstance(body.input, str) else body.input
-    out = await svc.embed(images, body.dimensions, dim_name="dimensions")
+    out = await svc.embedding.embed(images, body.dimensions, dim_name="dimensions")
     record_timing(state, out.timing)
     data = [
         {"object": "embedding", "index": i, "embedding": v}

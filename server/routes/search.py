@@ -13,6 +13,6 @@ router = APIRouter(tags=["search"], responses=ERRORS)
 
 @router.post("/v1/search")
 async def search(body: SearchRequest, request: Request, svc: JsonService) -> SearchResponse:
-    response, timing, search_s = await svc.search(body)
+    response, timing, search_s = await svc.index.search(body)
     record_timing(request.state, timing, search_s)
     return response

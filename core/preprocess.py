@@ -1,0 +1,88 @@
+"""Image decoding and the ONE deterministic preprocessing used by evaluation and serving.
+
+Training decodes with the same `decode_rgb` + `resize_center_crop`, so a served embedding of
+an image equals the evaluator's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from core.device import constant
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def stored_size(image_size: int) -> int:
+    """Side of the decoded square image: the crop size for small images, +14% for large ones."""
+    return image_size if image_size <= 64 else round(image_size * 256 / 224)
+
+
+def decode_rgb(image: Image.Image | np.ndarray | dict) -> Image.Image:
+    """Any PIL mode (L, LA, P, RGBA, CMYK, I;16...) or array -> 3-channel RGB."""
+    if isinstance(image, dict) and image.get("bytes") is not None:
+        import io
+
+        image = Image.open(io.BytesIO(image["bytes"]))
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        span = max(float(arr.max() - arr.min()), 1e-9)
+        image = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor [3, size, size]: shorter side to `size`, centre crop."""
+    t = F.pil_to_tensor(image)
+    if min(t.shape[-2:]) != size:  # both calls return their input at the right size already
+        t = F.resize(t, [size], antialias=True)
+    return center_crop(t, size)
+
+
+def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
+    return t if t.shape[-2:] == (size, size) else F.center_crop(t, [size, size])
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 or [0,1] float images [..., 3, H, W] -> normalised float."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    m = constant(list(mean), x.device, x.dtype).view(3, 1, 1)
+    s = constant(list(std), x.device, x.dtype).view(3, 1, 1)
+    return (x - m) / s
+
+
+class EvalPreprocess:
+    """Deterministic: decode to RGB, resize, centre crop, normalise with the checkpoint's stats."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> EvalPreprocess:
+        """The preprocessing a checkpoint's model was trained for."""
+        return cls(model.image_size, model.mean, model.std)
+
+    def uint8(self, image: Image.Image | np.ndarray | dict) -> torch.Tensor:
+        t = resize_center_crop(decode_rgb(image), stored_size(self.image_size))
+        return center_crop(t, self.image_size)
+
+    def __call__(self, image: Image.Image | np.ndarray | dict) -> torch.Tensor:
+        return normalize(self.uint8(image), self.mean, self.std)

@@ -1,0 +1,369 @@
+"""The index folder and the live, mutable index the server searches.
+
+Folder layout (one generation is current; manifest.json names its files):
+  manifest.json        format, checkpoint fingerprint, width, count, generation, file names
+  vectors-<g>.npy      raw full-dim embeddings [N, D] (float32 or float16), the only copy
+                       (read with pread, index.rowfile; index.vectors searches it at any dim)
+  ann-<g>.faiss        optional ANN index over the normalised shortlist-dim prefix
+                       (manifest "ann": factory, dim, train_size; index.ann)
+  items-<g>.jsonl      one {"id", "label", "metadata"} per row
+  wal-<g>.jsonl        mutations since generation g (index.wal), replayed on open; the
+                       manifest counts the records it must hold (index.folder)
+  thumbnails.*         item thumbnails by id, across generations (index.thumbnails)
+  dims.json            optional: per-dim quality (the checkpoint's eval) and build-time latency
+Compaction writes generation g+1 (rebuilding the ANN over the live rows) and swaps
+manifest.json atomically (the commit point).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from index.ann import AnnIndex, build_ann
+from index.errors import DuplicateIds, IndexFolderError, ItemNotFound
+from index.folder import check_log, publish_manifest, refuse_orphans, remove_stale
+from index.plan import SearchPlan
+from index.rowfile import RowFile
+from index.thumbnails import Thumbnails
+from index.vectors import VectorOptions, Vectors
+from index.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
+
+FORMAT = "moco-matryoshka-index/1"
+CHUNK = 65536
+STORE_DTYPES = ("float32", "float16")
+
+
+class Hits(NamedTuple):
+    """A search's answer: scores and row ids [n, k] (best first), and the items of those rows."""
+
+    scores: np.ndarray
+    rows: np.ndarray
+    items: dict[int, dict[str, Any]]
+
+
+def write_generation(
+    directory: Path,
+    generation: int,
+    width: int,
+    count: int,
+    vector_chunks: Iterable[np.ndarray],
+    items: Iterable[dict[str, Any]],
+    info: dict[str, Any],
+) -> None:
+    """Write one generation's files, fsync them, then publish it through manifest.json.
+
+    `info["store_dtype"]` (default float32) is the vectors file's dtype; `info["ann"]`
+    ({"factory", "dim", "train_size"}), when set, builds that ANN over the written rows.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    vec_name, items_name = f"vectors-{generation}.npy", f"items-{generation}.jsonl"
+    dtype = info.get("store_dtype", "float32")
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
+    out = np.lib.format.open_memmap(
+        directory / vec_name, mode="w+", dtype=dtype, shape=(count, width)
+    )
+    row = 0
+    for chunk in vector_chunks:
+        out[row : row + len(chunk)] = chunk
+        row += len(chunk)
+    if row != count:
+        raise ValueError(f"wrote {row} vectors, expected {count}")
+    out.flush()
+    del out
+    with open(directory / items_name, "w") as f:
+        for item in items:
+            f.write(json.dumps(item, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(directory / vec_name, "rb+") as f:
+        os.fsync(f.fileno())
+    with open(directory / f"wal-{generation}.jsonl", "wb") as f:
+        os.fsync(f.fileno())
+    ann = info.get("ann")
+    if ann is not None:
+        ann = {**ann, "file": f"ann-{generation}.faiss"}
+        rows = np.load(directory / vec_name, mmap_mode="r")
+        index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
+        index.save(directory / ann["file"])
+    manifest = {
+        **info,
+        "store_dtype": dtype,
+        "ann": ann,
+        "format": FORMAT,
+        "width": width,
+        "count": count,
+        "generation": generation,
+        "vectors": vec_name,
+        "items": items_name,
+        "wal": f"wal-{generation}.jsonl",
+        "wal_records": 0,
+    }
+    publish_manifest(directory, manifest)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise IndexFolderError(
+            f"{directory} is not an index folder (no manifest.json); build one with "
+            "`python -m trainer.build_index --checkpoint C --dataset D --out DIR`, or start "
+            "the writer with --create-index to begin an empty index there"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise IndexFolderError(f"{path} is unreadable ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFolderError(f"{path} is not a {FORMAT} manifest")
+    return manifest
+
+
+class IndexStore:
+    """Items (id, label, metadata, full-dim vector), exact search at any dim, durable edits.
+
+    All access goes through one lock: FAISS indexes must not be searched while being
+    mutated, and edits are rare next to searches.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        writable: bool,
+        options: VectorOptions | None = None,
+    ):
+        self.directory = directory
+        self.manifest = manifest
+        self.width = int(manifest["width"])
+        self.writable = writable
+        self.options = options or VectorOptions()
+        self.lock = threading.RLock()
+        self.ops_since_compaction = 0
+        self._load_generation(manifest)
+        records, valid = read_records(directory / manifest["wal"])
+        check_log(directory / manifest["wal"], len(records), manifest)
+        for record in records:
+            self._apply(record)
+        self.ops_since_compaction = len(records)
+        self._wal = WriteAheadLog(directory / manifest["wal"], valid) if writable else None
+        self.thumbnails = Thumbnails(directory, writable)
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        fingerprint: str,
+        width: int,
+        *,
+        writable: bool,
+        create: dict[str, Any] | None = None,
+        options: VectorOptions | None = None,
+    ) -> IndexStore:
+        """Open (or, writable and given `create` info, start empty) and check the checkpoint.
+
+        The writer then removes generation files no manifest names (left by a kill).
+        """
+        directory = Path(directory)
+        if not (directory / "manifest.json").exists():
+            refuse_orphans(directory)
+            if writable and create is not None:
+                info = {**create, "fingerprint": fingerprint}
+                write_generation(directory, 0, width, 0, [], [], info)
+        for attempt in range(3):
+            try:
+                store = cls._open_checked(directory, fingerprint, width, writable, options)
+                break
+            except IndexFolderError:
+                if attempt == 2 or writable:
+                    raise
+                time.sleep(0.05)  # a reader may race the writer's compaction: read again
+        if writable:
+            remove_stale(directory, store.manifest)
+        return store
+
+    @classmethod
+    def _open_checked(
+        cls,
+        directory: Path,
+        fingerprint: str,
+        width: int,
+        writable: bool,
+        options: VectorOptions | None = None,
+    ) -> IndexStore:
+        manifest = read_manifest(directory)
+        if manifest.get("fingerprint") != fingerprint:
+            raise IndexFolderError(
+                f"index {directory} was built with checkpoint {manifest.get('checkpoint')} "
+                f"(fingerprint {manifest.get('fingerprint')}), not the loaded one "
+                f"(fingerprint {fingerprint}); rebuild it with `python -m trainer.build_index --force ...`"
+            )
+        if int(manifest.get("width", -1)) != width:
+            raise IndexFolderError(
+                f"index {directory} holds {manifest.get('width')}-dim vectors but the "
+                f"checkpoint embeds at {width}"
+            )
+        try:
+            return cls(directory, manifest, writable, options)
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexFolderError(f"index {directory} cannot be read ({e})") from None
+
+    def _load_generation(self, manifest: dict[str, Any]) -> None:
+        base = RowFile(self.directory / manifest["vectors"])
+        if base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
+            raise ValueError(f"vectors file has shape {base.shape} and dtype {base.dtype}")
+        with open(self.directory / manifest["items"]) as f:
+            items = [json.loads(line) for line in f]
+        if len(items) != len(base):
+            raise ValueError(f"{len(items)} items for {len(base)} vectors")
+        ann = None
+        spec = manifest.get("ann")
+        if spec is not None:
+            ann = AnnIndex.load(self.directory / spec["file"], int(spec["dim"]), spec["factory"])
+            if self.options.gpu:
+                ann.to_gpu()
+        self.vectors = Vectors(
+            base,
+            self.width,
+            ann,
+            flat_cache_bytes=self.options.flat_cache_bytes,
+            ann_min_rows=self.options.ann_min_rows,
+        )
+        self.items: list[dict[str, Any] | None] = items
+        self.row_of = {item["id"]: r for r, item in enumerate(items)}
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    # mutations -------------------------------------------------------------------------
+
+    def add(
+        self,
+        items: list[dict[str, Any]],
+        vectors: np.ndarray,
+        thumbnails: dict[str, bytes] | None = None,
+    ) -> None:
+        """Durably add items with their raw full-dim vectors (and thumbnails); all or nothing."""
+        with self.lock:
+            taken = [it["id"] for it in items if it["id"] in self.row_of]
+            if taken:
+                raise DuplicateIds(f"ids already in the index: {', '.join(taken[:10])}")
+            if thumbnails:
+                self.thumbnails.add(thumbnails.items())
+            record = {"op": "add", "items": items, "vectors": encode_vectors(vectors)}
+            self._log(record)
+            self._apply_add(items, np.asarray(vectors, np.float32))
+
+    def delete(self, item_id: str) -> None:
+        with self.lock:
+            if item_id not in self.row_of:
+                raise ItemNotFound(f"no item with id {item_id!r} in the index")
+            self._log({"op": "delete", "id": item_id})
+            self._apply_delete(item_id)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """Append durably, then count it in the manifest: the log may never hold fewer."""
+        if self._wal is None:
+            raise RuntimeError("this index store was opened read-only")
+        self._wal.append(record)
+        self.ops_since_compaction += 1
+        self.manifest = {**self.manifest, "wal_records": self.ops_since_compaction}
+        publish_manifest(self.directory, self.manifest)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        if record["op"] == "add":
+            self._apply_add(record["items"], decode_vectors(record["vectors"], self.width))
+        elif record["op"] == "delete":
+            self._apply_delete(record["id"])
+
+    def _apply_add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        ids = self.vectors.add(vectors)
+        for r, item in zip(ids.tolist(), items, strict=True):
+            self.items.append(item)
+            self.row_of[item["id"]] = r
+
+    def _apply_delete(self, item_id: str) -> None:
+        row = self.row_of.pop(item_id, None)
+        if row is None:
+            return
+        self.items[row] = None
+        self.vectors.delete(row)
+
+    def compact(self) -> None:
+        """Fold the log into a new generation (live rows only) and start an empty log."""
+        with self.lock:
+            if self._wal is None:
+                raise RuntimeError("this index store was opened read-only")
+            live = np.array(sorted(self.row_of.values()), dtype=np.int64)
+            old = self.manifest
+            gen = int(old["generation"]) + 1
+            info = {k: v for k, v in old.items() if k not in ("vectors", "items", "wal")}
+            rows = self.vectors.rows
+            chunks = (rows[live[i : i + CHUNK]] for i in range(0, len(live), CHUNK))
+            write_generation(
+                self.directory,
+                gen,
+                self.width,
+                len(live),
+                chunks,
+                (self.items[r] for r in live.tolist()),
+                info,
+            )
+            dims = list(self.vectors._flat)
+            self._wal.close()
+            self.manifest = read_manifest(self.directory)
+            self._load_generation(self.manifest)
+            self._wal = WriteAheadLog(self.directory / self.manifest["wal"], 0)
+            self.ops_since_compaction = 0
+            old_ann = [old["ann"]["file"]] if old.get("ann") else []
+            for name in (old["vectors"], old["items"], old["wal"], *old_ann):
+                (self.directory / name).unlink(missing_ok=True)
+            for dim in dims:
+                self.vectors.warm(dim)
+
+    def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+        self.thumbnails.close()
+
+    # search ----------------------------------------------------------------------------
+
+    def warm(self, dims: Iterable[int]) -> None:
+        with self.lock:
+            for dim in dims:
+                self.vectors.warm(dim)
+
+    def search(self, queries: np.ndarray, plan: SearchPlan) -> Hits:
+        """Top-k rows and their items, read under one hold of the lock. At most plan.k per
+        query (fewer when the index is smaller); a place an ANN shortlist could not fill holds
+        row id -1."""
+        with self.lock:
+            plan = plan.at_most(len(self))
+            if plan.k == 0:
+                empty = np.empty((len(queries), 0))
+                return Hits(empty.astype(np.float32), empty.astype(np.int64), {})
+            scores, rows = self.vectors.search(queries, plan)
+            items = {r: self.item(r) for r in np.unique(rows).tolist() if r >= 0}
+            return Hits(scores, rows, items)
+
+    @property
+    def ann(self) -> AnnIndex | None:
+        return self.vectors.ann
+
+    def item(self, row: int) -> dict[str, Any]:
+        item = self.items[row]
+        assert item is not None
+        return item
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        with self.lock:
+            row = self.row_of.get(item_id)
+            return None if row is None else self.vectors.rows[[row]][0]

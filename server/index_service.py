@@ -1,0 +1,256 @@
+"""The index half of the service: the open index store, searched and edited off the event
+loop, reloaded on read replicas; its errors become HTTP answers in server.app."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import numpy as np
+
+from index.dims import read_dims_report
+from index.plan import SearchKnobs, SearchPlan
+from index.search import gpu_count
+from index.store import Hits, IndexStore
+from server.embedding import EmbeddingService
+from server.errors import BadInput, Conflict, NotFound
+from server.metrics import Metrics
+from server.schemas import (
+    AddResponse,
+    AnnInfo,
+    DeleteResponse,
+    DimInfo,
+    DimsInfo,
+    Hit,
+    ImageItem,
+    ImageSearch,
+    ItemInfo,
+    ItemSample,
+    SearchResponse,
+    VectorItem,
+    VectorSearch,
+)
+from server.settings import Settings
+from server.timing import Timing
+
+
+class IndexService:
+    """The index folder the server searches (None: an embed-only server)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, embedding: EmbeddingService):
+        self.settings = settings
+        self.metrics = metrics
+        self.embedding = embedding
+        self.store = self.open_store() if settings.index_dir is not None else None
+        self._update_size()
+
+    def open_store(self) -> IndexStore:
+        writable = not self.settings.read_only
+        create = {
+            "checkpoint": str(self.settings.checkpoint),
+            "nesting_list": self.embedding.nesting_list,
+        }
+        assert self.settings.index_dir is not None
+        return IndexStore.open(
+            Path(self.settings.index_dir),
+            self.embedding.fingerprint,
+            self.embedding.full_dim,
+            writable=writable,
+            create=create if writable and self.settings.create_index else None,
+            options=self.settings.vector_options(gpu_count()),
+        )
+
+    def _update_size(self) -> None:
+        self.metrics.index_size.set(len(self.store) if self.store is not None else 0)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def index_signature(self) -> tuple:
+        """Changes whenever a new index is published or the writer logs a mutation."""
+        directory = Path(self.settings.index_dir or ".")
+        try:
+            m = (directory / "manifest.json").stat()
+            wal = self.store.manifest["wal"] if self.store is not None else ""
+            wal_size = (directory / wal).stat().st_size if (directory / wal).is_file() else 0
+            manifest_gen = (directory / "manifest.json").read_bytes()
+        except OSError:
+            return ()
+        return (m.st_ino, m.st_mtime_ns, manifest_gen, wal_size)
+
+    async def reload(self) -> None:
+        """Read replicas: reopen the published index (and the writer's log) and swap it in."""
+        store = await anyio.to_thread.run_sync(self.open_store)
+        old, self.store = self.store, store
+        if old is not None:
+            old.close()
+        self._update_size()
+
+    def require_index(self) -> IndexStore:
+        if self.store is None:
+            raise Conflict("this server has no index; start it with --index-dir DIR")
+        return self.store
+
+    async def search(
+        self, body: ImageSearch | VectorSearch
+    ) -> tuple[SearchResponse, Timing | None, float]:
+        """Results, the embedding's timing (None for vectors) and the search's seconds."""
+        queries = body.images if isinstance(body, ImageSearch) else body.vectors
+        c = self.embedding.check(
+            len(queries),
+            "queries",
+            dim=body.dim,
+            rerank_dim=body.rerank_dim,
+            k=body.k,
+            shortlist=body.shortlist,
+            vectors=body.vectors if isinstance(body, VectorSearch) else None,
+        )
+        store = self.require_index()
+        ann = store.ann
+        if body.use_ann and (ann is None or ann.dim != c.dim):
+            have = f"its ANN is at dim {ann.dim} ({ann.factory})" if ann else "it has no ANN"
+            raise BadInput(f"use_ann: this index cannot shortlist at dim {c.dim} by ANN; {have}")
+        plan = SearchPlan(
+            k=c.k,
+            dim=c.dim,
+            rerank_dim=c.rerank_dim,
+            shortlist=c.shortlist or self.settings.shortlist_factor * c.k,
+            knobs=SearchKnobs(
+                nprobe=body.nprobe or self.settings.nprobe,
+                ef_search=body.ef_search or self.settings.ef_search,
+            ),
+            use_ann=body.use_ann,
+        )
+        timing = None
+        if c.vectors is not None:
+            x = c.vectors
+        else:
+            x, timing = await self.embedding.embed_images(body.images)
+        start = time.perf_counter()
+        scores, rows, items = await self._search(x, plan)
+        searched = time.perf_counter() - start
+        response = SearchResponse(
+            dim=c.dim,
+            rerank_dim=c.rerank_dim,
+            results=[
+                [
+                    Hit.of(items[r], s)
+                    for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)
+                    if r >= 0  # an ANN shortlist may hold fewer than k live items
+                ]
+                for srow, rrow in zip(scores, rows, strict=True)
+            ],
+        )
+        return response, timing, searched
+
+    def dims_info(self) -> DimsInfo:
+        """Per nesting dim: the checkpoint's evaluated quality and the measured latency."""
+        store = self.store
+        measured = read_dims_report(store.directory) if store is not None else {}
+        rows = {int(r["dim"]): r for r in measured.get("dims", [])}
+        ann = store.ann if store is not None else None
+        return DimsInfo(
+            dims=[DimInfo(**{**rows.get(d, {}), "dim": d}) for d in self.embedding.nesting_list],
+            index_size=len(store) if store is not None else None,
+            store_dtype=store.manifest.get("store_dtype") if store is not None else None,
+            ann=AnnInfo(
+                factory=ann.factory,
+                dim=ann.dim,
+                min_rows=self.settings.ann_min_rows,
+                default_nprobe=self.settings.nprobe,
+                default_ef_search=self.settings.ef_search,
+                default_shortlist_factor=self.settings.shortlist_factor,
+            )
+            if ann is not None
+            else None,
+            eval_source=measured.get("eval_source"),
+            latency_measured=measured.get("latency_measured"),
+        )
+
+    async def add_items(self, items: list[ImageItem | VectorItem]) -> AddResponse:
+        """Embed (images) or take (full-dim vectors), then log durably before answering."""
+        self.require_index()
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            raise BadInput("duplicate ids in the request")
+        with_images = [i for i, it in enumerate(items) if isinstance(it, ImageItem)]
+        with_vectors = [i for i, it in enumerate(items) if isinstance(it, VectorItem)]
+        given = [v.vector for v in items if isinstance(v, VectorItem)]
+        checked = self.embedding.check(
+            len(items), "items", vectors=given or None, full_dim_only=True
+        )
+        vectors = np.empty((len(ids), self.embedding.full_dim), dtype=np.float32)
+        if checked.vectors is not None:
+            vectors[with_vectors] = checked.vectors
+        thumbnails = {}
+        if with_images:
+            blobs = [it.image for it in items if isinstance(it, ImageItem)]
+            vectors[with_images], _ = await self.embedding.embed_images(blobs)
+            made = await anyio.to_thread.run_sync(self.embedding.thumbnails, blobs)
+            thumbnails = {ids[i]: t for i, t in zip(with_images, made, strict=True)}
+        records = [{"id": it.id, "label": it.label, "metadata": it.metadata} for it in items]
+        size = await self._mutate(lambda store: store.add(records, vectors, thumbnails))
+        return AddResponse(added=len(records), size=size)
+
+    async def delete(self, item_id: str) -> DeleteResponse:
+        size = await self._mutate(lambda store: store.delete(item_id))
+        return DeleteResponse(deleted=item_id, size=size)
+
+    def sample_items(self, n: int) -> ItemSample:
+        store = self.require_index()
+        with store.lock:
+            ids = random.sample(list(store.row_of), min(n, len(store)))
+            return ItemSample(items=[ItemInfo.of(store.item(store.row_of[i])) for i in ids])
+
+    def item_info(self, item_id: str) -> ItemInfo:
+        """The live item with its raw full-dim vector."""
+        store = self.require_index()
+        with store.lock:
+            vector = store.vector(item_id)
+            if vector is None:
+                raise NotFound(f"no item with id {item_id!r} in the index")
+            return ItemInfo.of(store.item(store.row_of[item_id]), vector.tolist())
+
+    def thumbnail(self, item_id: str) -> tuple[bytes, str]:
+        """(WebP bytes, ETag) of a live item."""
+        store = self.require_index()
+        with store.lock:
+            if item_id not in store.row_of:
+                raise NotFound(f"no item with id {item_id!r} in the index")
+            data, etag = store.thumbnails.get(item_id), store.thumbnails.etag(item_id)
+        if data is None or etag is None:
+            raise NotFound(
+                f"item {item_id!r} has no thumbnail (added as a vector, or indexed with "
+                "--thumbnail-size 0)"
+            )
+        return data, etag
+
+    async def _search(self, queries: np.ndarray, plan: SearchPlan) -> Hits:
+        """The index's hits for queries [n, >= the dims the plan uses], off the event loop."""
+        store = self.require_index()
+
+        def run() -> Hits:
+            start = time.perf_counter()
+            hits = store.search(queries, plan)
+            self.metrics.search_seconds.labels(plan.mode).observe(time.perf_counter() - start)
+            return hits
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def _mutate(self, change: Callable[[IndexStore], object]) -> int:
+        """Apply one durable edit off the event loop, compacting the log when it is long."""
+        store = self.require_index()
+
+        def run() -> int:
+            change(store)
+            if store.ops_since_compaction >= self.settings.compact_every:
+                store.compact()
+            return len(store)
+
+        size = await anyio.to_thread.run_sync(run)
+        self._update_size()
+        return size

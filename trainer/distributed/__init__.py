@@ -1,0 +1,1 @@
+"""Distributed training: torchrun's environment, MIG slices, the process group, the launchers."""

@@ -1,0 +1,83 @@
+"""Presenting eval.json results: a markdown table and a PNG plot of metric against dim.
+
+Several runs (e.g. Matryoshka, the fixed-dim baseline, random init) share one table and plot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.cli import UsageError
+
+METRICS = (("knn_top1", "kNN top-1"), ("map_at_k", "mAP@{map_k}"))
+
+
+def run_label(result: dict, path: str | Path | None = None) -> str:
+    """A short name for a run: its output folder (runs/baseline/eval.json -> baseline)."""
+    source = path or result.get("checkpoint") or result.get("dataset") or "run"
+    p = Path(str(source))
+    return p.parent.name if p.suffix in (".json", ".pt", ".npz") and p.parent.name else p.stem
+
+
+def load_result(path: str | Path) -> dict:
+    """Read an eval.json, or a UsageError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--compare {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--compare {path}: not a readable eval.json ({e})") from None
+    rows = result.get("metrics") if isinstance(result, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and {"dim", "knn_top1", "map_at_k"} <= r.keys() for r in rows
+    ):
+        raise UsageError(f"--compare {path}: not an eval.json (no metrics rows with dim, ...)")
+    return result
+
+
+def _metric_name(key: str, title: str, results: list[dict]) -> str:
+    map_k = next((r["map_k"] for res in results for r in res["metrics"] if "map_k" in r), "k")
+    return title.format(map_k=map_k) if key == "map_at_k" else title
+
+
+def markdown_table(results: list[dict], labels: list[str]) -> str:
+    """One row per dim; for each metric one column per run ('-' where a run lacks the dim)."""
+    dims = sorted({r["dim"] for res in results for r in res["metrics"]})
+    by_dim = [{r["dim"]: r for r in res["metrics"]} for res in results]
+    header = ["dim"]
+    for key, title in METRICS:
+        name = _metric_name(key, title, results)
+        header += [name if len(results) == 1 else f"{name} {label}" for label in labels]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for d in dims:
+        cells = [str(d)]
+        for key, _ in METRICS:
+            cells += [f"{rows[d][key]:.4f}" if d in rows else "-" for rows in by_dim]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], labels: list[str], path: str | Path) -> None:
+    """kNN top-1 and mAP@k against dim (log2 x axis), one line per run, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    dims = sorted({r["dim"] for res in results for r in res["metrics"]})
+    for ax, (key, title) in zip(axes, METRICS, strict=True):
+        for res, label in zip(results, labels, strict=True):
+            rows = sorted(res["metrics"], key=lambda r: r["dim"])
+            ax.plot([r["dim"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.set_xlabel("embedding dim")
+        ax.set_title(_metric_name(key, title, results))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
