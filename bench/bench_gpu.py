@@ -11,7 +11,7 @@
 
 `--profile gpu` (default) is the real config: ResNet-50, 224 px, nesting 8..2048, K = 65,536,
 batch 256, bf16, channels_last; it runs in about 5 minutes on one H200 (docs/GPU.md).
-`--profile smoke` is the same code at toy sizes on the CPU (tests/test_bench_gpu.py).
+`--profile smoke` is the same code at toy sizes on the CPU (tests/deploy/test_bench_gpu.py).
 The JSON is rewritten after every part, so a run cut short keeps what it measured.
 """
 
@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import RESULTS, free_port, write_result
 
-RESULTS = Path(__file__).parent / "results"
 PARTS = ("a", "b", "c", "d", "e")
 
 
@@ -328,12 +326,6 @@ async def _concurrent(worker: Callable[[int], object], concurrency: int, seconds
     return done / (time.perf_counter() - start)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_env(p: Profile) -> dict[str, str]:
     return {
         "MOCO_DEVICE": p.device,
@@ -566,7 +558,7 @@ def run(p: Profile, name: str, parts: list[str], workdir: Path, output: Path) ->
     output.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        output.write_text(json.dumps(result, indent=1) + "\n")
+        write_result(output, result)
 
     def attempt(part: str, fn: Callable[[], None]) -> None:
         start = time.perf_counter()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from common import write_result
 from tqdm import tqdm
 
 from core.nesting import truncate_normalize_np
@@ -606,7 +607,7 @@ def main() -> None:
         print("serving:", json.dumps(res["serving"]), flush=True)
     res["loadavg_end"] = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1))
+    write_result(a.out, res)
     if "rows" in res:
         print(table(res))
         print("best at recall@10 >= 0.99:", json.dumps(res["best"]))

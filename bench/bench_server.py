@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from common import RESULTS, free_port, write_result
 from PIL import Image
 
 from core.checkpoint import load_checkpoint, save_checkpoint
@@ -54,7 +54,6 @@ from trainer.config import TrainConfig
 from trainer.data import shapes
 from trainer.moco import build_moco
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {
     "convnet": {"arch": "convnet", "image_size": 32, "nesting_list": [8, 16, 32, 64, 128, 256]},
     "resnet50": {
@@ -105,12 +104,6 @@ def random_checkpoint(name: str, workdir: Path) -> Path:
     path = workdir / f"{name}.pt"
     save_checkpoint(capture(cfg, model), path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def encoded_images(size: int, n: int) -> tuple[list[Image.Image], list[bytes], str]:
@@ -677,7 +670,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             for name in args.models:
                 result["embed"].append(bench_embed(args, name, Path(tmp)))
-                args.output.write_text(json.dumps(result, indent=1) + "\n")  # partial results
+                write_result(args.output, result)  # partial results
     if not args.skip_search:
         s = result["search"] = bench_search(args)
         print(
@@ -691,7 +684,7 @@ def main() -> None:
                 f"{r['speedup_vs_exact']:.1f}x faster, recall@10 {r['recall_at_10']:.3f}"
             )
     result["loadavg_end"] = os.getloadavg()
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.output, result)
     print(f"wrote {args.output}")
 
 

@@ -9,19 +9,17 @@ replaced by a 2-step one of the default config.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_server import ensure_checkpoint
+from bench_server import random_checkpoint
+from common import RESULTS, write_result
 
 from index.thumbnails import BLOB, LOG, QUALITY, SIZE
 from trainer.build_index import IndexBuildConfig, build_index_folder
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def weigh(folder: Path) -> dict[str, int]:
@@ -50,7 +48,9 @@ def main() -> int:
     p.add_argument("--output", type=Path, default=RESULTS / "thumbnails.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-thumbs-", dir=args.workdir))
-    checkpoint = ensure_checkpoint(args.checkpoint, work)
+    checkpoint = args.checkpoint
+    if not checkpoint.is_file():  # thumbnails and sizes do not depend on the weights
+        checkpoint = random_checkpoint("convnet", work)
     folder = work / "index"
     start = time.perf_counter()
     info = build_index_folder(
@@ -90,7 +90,7 @@ def main() -> int:
         f"{result['thumbnail_bytes_per_item']:.0f} bytes per item"
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_server import (
+from bench_server import (
     MODELS,
     encoded_images,
     free_port,

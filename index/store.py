@@ -204,7 +204,8 @@ class IndexStore:
             raise IndexFolderError(
                 f"index {directory} was built with checkpoint {manifest.get('checkpoint')} "
                 f"(fingerprint {manifest.get('fingerprint')}), not the loaded one "
-                f"(fingerprint {fingerprint}); rebuild it with `python -m trainer.build_index --force ...`"
+                f"(fingerprint {fingerprint}); rebuild it with"
+                " `python -m trainer.build_index --force ...`"
             )
         if int(manifest.get("width", -1)) != width:
             raise IndexFolderError(

@@ -15,7 +15,7 @@ from index.dims import read_dims_report
 from index.plan import SearchKnobs, SearchPlan
 from index.search import gpu_count
 from index.store import Hits, IndexStore
-from server.embedding import EmbeddingService
+from server.embedding import Checked, EmbeddingService
 from server.errors import BadInput, Conflict, NotFound
 from server.metrics import Metrics
 from server.schemas import (
@@ -109,12 +109,27 @@ class IndexService:
             shortlist=body.shortlist,
             vectors=body.vectors if isinstance(body, VectorSearch) else None,
         )
-        store = self.require_index()
-        ann = store.ann
+        plan = self.plan(body, c)
+        timing = None
+        if c.vectors is not None:
+            x = c.vectors
+        else:
+            x, timing = await self.embedding.embed_images(body.images)
+        start = time.perf_counter()
+        scores, rows, items = await self._search(x, plan)
+        searched = time.perf_counter() - start
+        response = SearchResponse(
+            dim=c.dim, rerank_dim=c.rerank_dim, results=self.results(scores, rows, items)
+        )
+        return response, timing, searched
+
+    def plan(self, body: ImageSearch | VectorSearch, c: Checked) -> SearchPlan:
+        """The request as the index runs it, the operator's defaults filled in."""
+        ann = self.require_index().ann
         if body.use_ann and (ann is None or ann.dim != c.dim):
             have = f"its ANN is at dim {ann.dim} ({ann.factory})" if ann else "it has no ANN"
             raise BadInput(f"use_ann: this index cannot shortlist at dim {c.dim} by ANN; {have}")
-        plan = SearchPlan(
+        return SearchPlan(
             k=c.k,
             dim=c.dim,
             rerank_dim=c.rerank_dim,
@@ -125,27 +140,17 @@ class IndexService:
             ),
             use_ann=body.use_ann,
         )
-        timing = None
-        if c.vectors is not None:
-            x = c.vectors
-        else:
-            x, timing = await self.embedding.embed_images(body.images)
-        start = time.perf_counter()
-        scores, rows, items = await self._search(x, plan)
-        searched = time.perf_counter() - start
-        response = SearchResponse(
-            dim=c.dim,
-            rerank_dim=c.rerank_dim,
-            results=[
-                [
-                    Hit.of(items[r], s)
-                    for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)
-                    if r >= 0  # an ANN shortlist may hold fewer than k live items
-                ]
-                for srow, rrow in zip(scores, rows, strict=True)
-            ],
-        )
-        return response, timing, searched
+
+    @staticmethod
+    def results(scores: np.ndarray, rows: np.ndarray, items: dict[int, dict]) -> list[list[Hit]]:
+        return [
+            [
+                Hit.of(items[r], s)
+                for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)
+                if r >= 0  # an ANN shortlist may hold fewer than k live items
+            ]
+            for srow, rrow in zip(scores, rows, strict=True)
+        ]
 
     def dims_info(self) -> DimsInfo:
         """Per nesting dim: the checkpoint's evaluated quality and the measured latency."""

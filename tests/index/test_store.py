@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from test_server_helpers import matryoshka_vectors
+from support import matryoshka_vectors
 
 from core.cli import UsageError
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound

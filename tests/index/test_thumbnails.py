@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from test_server_helpers import build_index, split, train_tiny
+from support import build_index, split, train_tiny
 
 from index.thumbnails import BLOB, LOG, SIZE, Thumbnails, make_thumbnail
 

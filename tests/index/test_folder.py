@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_server_helpers import matryoshka_vectors
+from support import matryoshka_vectors
 
 from index.errors import IndexFolderError
 from index.store import IndexStore

@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from test_server_helpers import Server, matryoshka_vectors, train_tiny
+from support import Server, matryoshka_vectors, train_tiny
 
 from index.store import IndexStore
 

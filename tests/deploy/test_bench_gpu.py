@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_smoke_profile_runs_every_part_and_writes_consistent_json(tmp_path):
     out = tmp_path / "gpu-smoke.json"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_server_helpers import build_index, png_b64, split, train_tiny
+from support import build_index, png_b64, split, train_tiny
 
 from server.app import create_app
 from server.routes.page import STATIC

@@ -80,7 +80,7 @@ def test_bad_grids_are_one_line_errors(tmp_path, text, message):
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "grids").glob("*.toml")), ids=lambda p: p.name
+    "path", sorted((Path(__file__).parents[2] / "grids").glob("*.toml")), ids=lambda p: p.name
 )
 def test_committed_grids_load_and_every_run_parses(path):
     """Every grid in grids/ is valid and each of its runs' trainer flags parse."""

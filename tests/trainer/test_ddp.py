@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import free_port
 
 from core.checkpoint import CheckpointError, load_checkpoint
 from trainer.checkpointing import train_config
@@ -162,12 +162,6 @@ def test_sigterm_to_single_process_exits_0(tmp_path, cache_dir, procs):
     p.send_signal(signal.SIGTERM)
     assert wait_exit(p, out, seen, timeout=120) == 0, log.read_text()[-3000:]
     assert checkpoint_step(out) >= seen[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_launchers_nnodes_2_on_localhost(tmp_path, cache_dir, procs):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {
     "trainer": ROOT / "docker" / "trainer.Dockerfile",
     "server": ROOT / "docker" / "server.Dockerfile",
@@ -259,7 +259,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         ".git/HEAD",
         ".env",
         "trainer/__pycache__/x.pyc",
-        "tests/test_k8s.py",
+        "tests/deploy/test_k8s.py",
     ):
         assert not _docker_context_includes(rel, patterns), rel
     for name in DOCKERFILES.values():
@@ -267,3 +267,18 @@ def test_dockerignore_keeps_the_context_small() -> None:
             if op == "COPY" and not rest.startswith("--from"):
                 for src in rest.split()[:-1]:
                     assert _docker_context_includes(src.rstrip("/"), patterns), src
+
+
+@pytest.mark.parametrize(
+    ("name", "packages"),
+    [("trainer", {"core", "index", "trainer"}), ("server", {"core", "index", "server"})],
+)
+def test_each_image_copies_only_its_own_wing(name: str, packages: set[str]) -> None:
+    """The floor plan in the images: the server image holds no training code, the trainer
+    image no HTTP code (docs/ARCHITECTURE.md)."""
+    copied = {
+        rest.split()[0].rstrip("/")
+        for op, rest in instructions(DOCKERFILES[name])
+        if op == "COPY" and not rest.startswith("--from") and "/" in rest.split()[0]
+    }
+    assert {c for c in copied if not c.startswith("docker")} == packages

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_server_helpers import matryoshka_vectors, train_tiny
+from support import matryoshka_vectors, train_tiny
 
 from core.checkpoint import load_checkpoint
 from index.store import IndexStore

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_server_helpers import (
+from support import (
     NESTING,
     build_index,
     evaluator_embeddings,

@@ -1,4 +1,5 @@
-"""Shared helpers for the server tests (imported by tests/test_server_*.py; holds no tests)."""
+"""Helpers shared across the tests: a free port, a real server process, a tiny trained
+checkpoint and its index, reference vectors. Holds no tests."""
 
 from __future__ import annotations
 

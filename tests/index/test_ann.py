@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 from search_reference import funnel_search, search
-from test_server_helpers import matryoshka_vectors
+from support import matryoshka_vectors
 
 from index import ann as ann_module
 from index.ann import AnnIndex, build_ann

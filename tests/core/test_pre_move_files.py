@@ -20,7 +20,7 @@ from index.plan import SearchPlan
 from index.store import IndexStore, read_manifest
 from trainer.checkpointing import train_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRE_MOVE = "115680a"  # the last commit with trainer/checkpoint.py and server/index.py
 
 WRITE = """

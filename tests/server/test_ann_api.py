@@ -7,7 +7,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from test_server_helpers import NESTING, matryoshka_vectors, train_tiny
+from support import NESTING, matryoshka_vectors, train_tiny
 
 from core.cli import UsageError
 from server.app import create_app

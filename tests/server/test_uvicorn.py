@@ -13,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_server_helpers import (
+from support import (
     Server,
     build_index,
     evaluator_embeddings,

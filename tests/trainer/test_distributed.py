@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support import free_port
 
 from core.cli import UsageError
 from trainer.distributed import env as denv
@@ -245,12 +245,6 @@ def test_collectives_are_identities_without_a_group():
     assert (d.get_rank(), d.get_world_size()) == (0, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: dict) -> None:
     os.environ.update(
         {
@@ -278,7 +272,7 @@ def test_two_process_gloo_collectives():
     world = 2
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), out), nprocs=world, join=True)
         results = dict(out)
     want = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat_interleave(3).reshape(4, 3)
     for rank in range(world):

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_server_helpers import png_b64, train_tiny
+from support import png_b64, train_tiny
 
 from server.app import create_app
 from server.fastpath import EmbedFastPath

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from test_server_helpers import Server, build_index, train_tiny
+from support import Server, build_index, train_tiny
 
 from trainer.evaluate.cli import main as evaluate_main
 
