@@ -6,14 +6,26 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_INSTALL := $(VENV)/bin/pip install --disable-pip-version-check -q
 EXTRAS ?= cpu,train,serve,dev
+# An extra package index for torch, e.g. https://download.pytorch.org/whl/cpu for the CPU-only
+# build (README: "The CPU build of torch"); empty = PyPI's torch (the CUDA build, ~6 GB venv).
+TORCH_INDEX ?=
+HELP_TORCH_INDEX := extra index for torch (CPU build: https://download.pytorch.org/whl/cpu)
 
 # Training knobs (any trainer flag can also go through ARGS="--flag value").
 DATASET ?= shapes
+HELP_DATASET := shapes | imagenet-100 | a Hugging Face id | a folder of class sub-folders
 ARCH ?= convnet
+HELP_ARCH := convnet (CPU) | resnet18 | resnet50
 EPOCHS ?=
+HELP_EPOCHS := training epochs (empty: the trainer's default, 40)
 OUTPUT ?= runs/default
+HELP_OUTPUT := the run folder: checkpoint.pt, eval.json, index/
 NPROC ?= 2
+HELP_NPROC := processes for train-ddp
 ARGS ?=
+HELP_ARGS := any other trainer flags, e.g. ARGS='--batch-size 64'
+TRAIN ?=
+HELP_TRAIN := 1: eval/serve train a run that does not exist yet (runs/default always does)
 TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
@@ -21,13 +33,19 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 .PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui fuzz lint bench gpu-wheels \
 	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
-help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+# `make help` lists these with their values as this command line sets them.
+HELP_VARS := DATASET ARCH EPOCHS OUTPUT ARGS NPROC INDEX SPLIT SERVE_HOST SERVE_PORT TRAIN \
+	TORCH_INDEX OVERLAY VARIANT GRID SEEDS
+help: ## list the targets and the variables they read
+	@echo "targets:"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/\$$(\([A-Z_]*\))/\1/g' | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
+	@echo "variables (make <target> NAME=value), with their values now:"
+	@$(foreach v,$(HELP_VARS),printf "  %-12s = %-20s %s\n" "$(v)" "$(if $($(v)),$($(v)),(empty))" "$(HELP_$(v))";)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[$(EXTRAS)]'
+	$(PIP_INSTALL) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (pip install -e '.[cpu,train,serve,dev]')
@@ -38,7 +56,12 @@ train: $(STAMP) ## train (default: built-in shapes, small CNN, CPU, a few minute
 train-ddp: $(STAMP) ## train with NPROC local processes through torchrun (gloo on CPU)
 	$(PY) -m trainer.train_distributed --num-gpus $(NPROC) $(TRAIN_FLAGS)
 
+# A missing checkpoint is trained only for the default run or when asked (TRAIN=1): a typo in
+# OUTPUT must not start a 40-epoch training.
 $(OUTPUT)/checkpoint.pt:
+	@if [ "$(OUTPUT)" != runs/default ] && [ "$(TRAIN)" != 1 ]; then \
+		echo "make: $(OUTPUT)/checkpoint.pt does not exist; train it first with" \
+			"\`make train OUTPUT=$(OUTPUT)\`, or add TRAIN=1 to train it now" >&2; exit 2; fi
 	$(MAKE) train
 
 eval: $(STAMP) $(OUTPUT)/checkpoint.pt ## kNN + mAP@k at every nesting dim -> $(OUTPUT)/eval.json + plot
@@ -78,9 +101,11 @@ clean: ## remove the venv and runs/
 
 # Containers and Kubernetes (docs/KUBERNETES.md). OVERLAY picks k8s/overlays/<name>.
 VARIANT ?= cpu
+HELP_VARIANT := image variant: cpu | gpu
 IMAGE_REPO ?= moco-matryoshka
 DOCKERFILES := docker/trainer.Dockerfile docker/server.Dockerfile
 OVERLAY ?= cpu
+HELP_OVERLAY := k8s overlay: cpu | gpu | mig
 K8S_OVERLAYS := gpu mig cpu
 # Oldest supported (Job pod failure policy GA) and newest the offline schemas know.
 K8S_VERSIONS ?= 1.31.0 1.37.0
@@ -142,7 +167,9 @@ k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods under podman kube p
 
 # make ablate / make compare: a grid of trainer variants x seeds -> one table + plot (experiments.ablate).
 GRID ?= grids/compare.toml
+HELP_GRID := the ablation grid for make ablate
 SEEDS ?=
+HELP_SEEDS := seeds for make ablate/compare, e.g. 0,1,2
 JOBS ?=
 ABLATE_OUT ?=
 set_by_user = $(filter command line environment,$(origin $(1)))
@@ -161,12 +188,17 @@ compare: $(STAMP) ## Matryoshka vs truncated baseline vs FF-8/FF-32 vs random in
 
 # Serving (docs/SERVING.md): index the training split once, then serve on 127.0.0.1:8000.
 INDEX ?= $(OUTPUT)/index
+HELP_INDEX := the index folder make serve builds and serves
+SPLIT ?= train
+HELP_SPLIT := the dataset split the index holds
 SERVE_HOST ?= 127.0.0.1
+HELP_SERVE_HOST := the address make serve listens on
 SERVE_PORT ?= 8000
+HELP_SERVE_PORT := the port make serve listens on
 
 $(INDEX)/manifest.json: | $(STAMP) $(OUTPUT)/checkpoint.pt
 	$(PY) -m trainer.build_index --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) \
-		--split train --out $(INDEX)
+		--split $(SPLIT) --out $(INDEX)
 
 serve: $(STAMP) $(OUTPUT)/checkpoint.pt $(INDEX)/manifest.json ## serve embeddings + search (builds the index if missing)
 	$(PY) -m server --checkpoint $(OUTPUT)/checkpoint.pt --index-dir $(INDEX) \

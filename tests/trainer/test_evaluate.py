@@ -67,8 +67,10 @@ def test_npz_cli_writes_json_table_and_plot(monkeypatch, capsys, tmp_path, npz):
         assert row["knn_top1"] == float(np.mean(pred == data["test_y"]))
         ap = average_precision_at_k(ids, data["train_y"], data["test_y"], 10)
         assert row["map_at_k"] == float(np.mean(ap))
-    assert stdout.splitlines()[0] == "| dim | kNN top-1 | mAP@10 |"
-    assert len(stdout.splitlines()) == 2 + 4
+    header, *table = stdout.splitlines()
+    assert header.startswith(f"embeddings on {npz}: 300 train images as the bank, 60 test")
+    assert table[0] == "| dim | kNN top-1 | mAP@10 |"
+    assert len(table) == 2 + 4
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -83,7 +85,7 @@ def test_compare_overlays_a_second_run(monkeypatch, capsys, tmp_path, npz):
         monkeypatch, capsys, "--embeddings", npz, "--output", out, "--compare", base, "--plot", png
     )
     assert code == 0
-    lines = stdout.splitlines()
+    lines = stdout.splitlines()[1:]
     assert lines[0] == "| dim | kNN top-1 mrl | kNN top-1 baseline | mAP@10 mrl | mAP@10 baseline |"
     assert lines[2].startswith("| 8 | ") and lines[2].count(" - ") == 2
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -185,9 +187,12 @@ def test_checkpoint_and_embeddings_paths_agree(monkeypatch, capsys, tmp_path, ch
     path, cfg, _ = checkpoint
     out, npz = tmp_path / "ck.json", tmp_path / "saved.npz"
     args = ["--checkpoint", path, "--output", out, "--save-embeddings", npz, "--no-plot"]
-    assert cli(monkeypatch, capsys, *args)[0] == 0
+    code, stdout, _ = cli(monkeypatch, capsys, *args)
+    assert code == 0
+    assert stdout.startswith(f"{path} (step 0, epoch 0) on {cfg.dataset}: 320 train images")
     from_ckpt = json.loads(out.read_text())
-    assert set(from_ckpt) == KEYS and from_ckpt["checkpoint"] == str(path)
+    assert set(from_ckpt) == KEYS | {"step", "epoch"} and from_ckpt["checkpoint"] == str(path)
+    assert (from_ckpt["step"], from_ckpt["epoch"]) == (0, 0)
     assert [r["dim"] for r in from_ckpt["metrics"]] == cfg.nesting_list
     assert (from_ckpt["n_train"], from_ckpt["n_test"]) == (320, 80)
     out2 = tmp_path / "npz.json"

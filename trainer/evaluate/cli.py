@@ -23,7 +23,7 @@ from trainer.checkpointing import train_config
 from trainer.config import TrainConfig
 from trainer.embed import eval_mode, extract_embeddings
 from trainer.evaluate.metrics import average_precision_at_k, knn_predict
-from trainer.evaluate.report import load_result, markdown_table, plot, run_label
+from trainer.evaluate.report import describe, load_result, markdown_table, plot, run_label
 from trainer.rotation import pca_rotation
 
 if TYPE_CHECKING:
@@ -313,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         model_dims = default_dims(arrays.train_x.shape[1]) if arrays.train_x.ndim == 2 else [1]
     else:
         arrays, ckpt, cfg = embed_checkpoint(args)
-        source = {"checkpoint": str(args.checkpoint), "dataset": cfg.dataset}
+        source = {
+            "checkpoint": str(args.checkpoint),
+            "dataset": cfg.dataset,
+            "step": ckpt.step,
+            "epoch": ckpt.epoch,
+        }
         if args.rotation == "auto":
             args.rotation = "pca" if ckpt.rotation is not None and not args.random_init else "none"
         model_dims = list(ckpt.model.nesting_list)
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.label or ("random-init" if args.random_init else run_label(result, args.output))
     results = [result, *compare]
     labels = [label, *(run_label(r, p) for r, p in zip(compare, args.compare, strict=True))]
+    print(describe(result))
     print(markdown_table(results, labels))
     if not args.no_plot:
         plot_path = args.plot or args.output.with_suffix(".png")

@@ -11,6 +11,17 @@ from pathlib import Path
 from core.cli import UsageError
 
 METRICS = (("knn_top1", "kNN top-1"), ("map_at_k", "mAP@{map_k}"))
+AXIS_LABELS = {"knn_top1": "kNN top-1 accuracy (k={k})", "map_at_k": "mAP@{map_k}"}
+
+
+def describe(result: dict) -> str:
+    """One line naming what was scored: the checkpoint, its step, the data and its sizes."""
+    what = result.get("checkpoint") or "embeddings"
+    step = f" (step {result['step']}, epoch {result['epoch']})" if "step" in result else ""
+    return (
+        f"{what}{step} on {result.get('dataset')}: {result['n_train']} train images as the bank, "
+        f"{result['n_test']} test images as queries, rotation {result.get('rotation', 'none')}"
+    )
 
 
 def run_label(result: dict, path: str | Path | None = None) -> str:
@@ -68,16 +79,21 @@ def plot(results: list[dict], labels: list[str], path: str | Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     dims = sorted({r["dim"] for res in results for r in res["metrics"]})
+    first = results[0]["metrics"][0] if results[0]["metrics"] else {}
     for ax, (key, title) in zip(axes, METRICS, strict=True):
         for res, label in zip(results, labels, strict=True):
             rows = sorted(res["metrics"], key=lambda r: r["dim"])
             ax.plot([r["dim"] for r in rows], [r[key] for r in rows], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(dims, [str(d) for d in dims])
-        ax.set_xlabel("embedding dim")
+        ax.set_xlabel("embedding dim (prefix length)")
+        ax.set_ylabel(AXIS_LABELS[key].format(k=first.get("k", "?"), map_k=first.get("map_k", "k")))
+        ax.set_ylim(0, 1)  # the whole scale: a 1-point dip must not look like a cliff
         ax.set_title(_metric_name(key, title, results))
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if len(results) > 1:
+            ax.legend()
+    fig.suptitle(f"{labels[0]}: {describe(results[0])}", fontsize=8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
