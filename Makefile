@@ -164,9 +164,17 @@ INDEX ?= $(OUTPUT)/index
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 8000
 
+# SPLIT: the trainer's own partition of $(DATASET): train, test (its held-out part) or all.
+SPLIT ?= train
+INDEX_FLAGS = --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) --split $(SPLIT) \
+	--out $(INDEX)
+
 $(INDEX)/manifest.json: | $(STAMP) $(OUTPUT)/checkpoint.pt
-	$(PY) -m trainer.build_index --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) \
-		--split train --out $(INDEX)
+	$(PY) -m trainer.build_index $(INDEX_FLAGS)
+
+.PHONY: index
+index: $(STAMP) $(OUTPUT)/checkpoint.pt ## index SPLIT=train|test|all of DATASET with OUTPUT's checkpoint -> INDEX
+	$(PY) -m trainer.build_index $(INDEX_FLAGS)
 
 serve: $(STAMP) $(OUTPUT)/checkpoint.pt $(INDEX)/manifest.json ## serve embeddings + search (builds the index if missing)
 	$(PY) -m server --checkpoint $(OUTPUT)/checkpoint.pt --index-dir $(INDEX) \

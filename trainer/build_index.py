@@ -135,6 +135,12 @@ def existing_index(cfg: IndexBuildConfig, ckpt: Checkpoint) -> int | None:
         return None
     existing = json.loads(manifest.read_text())
     if existing.get("fingerprint") == ckpt.fingerprint:
+        was = existing.get("split", cfg.split)
+        if was != cfg.split:
+            raise UsageError(
+                f"{cfg.out} holds --split {was} of this checkpoint; pass --force to rebuild "
+                f"it as --split {cfg.split}, or choose another --out"
+            )
         return existing.get("count")
     raise UsageError(
         f"{cfg.out} holds an index of another checkpoint; pass --force to rebuild it "

@@ -171,3 +171,10 @@ def test_limit_counts_across_parts(checkpoint, folder, tmp_path):
     assert len(items) == 45
     with pytest.raises(UsageError):
         build(checkpoint, folder, tmp_path / "index", "all", image_column="nope", force=True)
+
+
+def test_rebuild_with_another_split_needs_force(checkpoint, folder, tmp_path):
+    build(checkpoint, folder, tmp_path / "index", "test")
+    with pytest.raises(UsageError, match=r"holds --split test.*--force"):
+        build(checkpoint, folder, tmp_path / "index", "train")
+    assert len(build(checkpoint, folder, tmp_path / "index", "train", force=True)) == 43
