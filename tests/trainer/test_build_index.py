@@ -4,66 +4,29 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
+from support import PHOTO_CLASSES, train_on_folder, train_tiny, write_image_folder
 
 from core.checkpoint import load_checkpoint
 from core.cli import UsageError
 from index.store import IndexStore, read_manifest
 from trainer.build_index import IndexBuildConfig, build_index_folder, main
 from trainer.checkpointing import train_config
-from trainer.config import TrainConfig
 from trainer.data.datasets import load_splits
 from trainer.data.items import file_paths, path_id
-from trainer.train import train
 
-CLASSES = ("brick", "cat", "sky")
+CLASSES = PHOTO_CLASSES
 PER_CLASS = 16
-
-
-def write_folder(root, per_class: int = PER_CLASS):
-    """Photos as a user has them: class sub-folders, PNG and JPEG, mixed sizes, some gray."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            w, h = int(rng.integers(24, 90)), int(rng.integers(24, 90))
-            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            pixels[..., c] = 255  # one channel per class: learnable, not needed
-            image = Image.fromarray(pixels)
-            if i % 5 == 0:
-                image = image.convert("L")
-            ext = "jpg" if i % 2 else "png"
-            image.save(root / name / f"img_{i:03d}.{ext}")
-    return root
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return write_folder(tmp_path_factory.mktemp("photos") / "photos")
+    return write_image_folder(tmp_path_factory.mktemp("photos") / "photos", PER_CLASS)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
-        dataset=str(folder),
-        output_dir=out,
-        cache_dir=out / "cache",
-        batch_size=8,
-        queue_size=16,
-        allow_large_queue=True,  # 48 images: the queue rule is not what is tested here
-        epochs=1,
-        max_steps=2,
-        nesting_list=[8, 16, 32],
-        workers=0,
-        device="cpu",
-        resume="never",
-        image_size=32,
-    )
-    train(cfg)
-    return out / "checkpoint.pt"
+    return train_on_folder(folder, tmp_path_factory.mktemp("run"))
 
 
 def trainer_paths(checkpoint, folder, part: str) -> list[str]:
@@ -123,8 +86,6 @@ def test_thumbnails_are_stored_under_the_path_ids(checkpoint, folder, tmp_path):
 
 
 def test_saved_dataset_keeps_row_ids_of_the_trainers_parts(tiny_dataset, tmp_path):
-    from support import train_tiny
-
     ckpt = train_tiny(tiny_dataset, tmp_path / "run")
     items = build(ckpt, tiny_dataset, tmp_path / "index", "all", limit=330)
     ids = [it["id"] for it in items]
