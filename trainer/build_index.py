@@ -104,8 +104,8 @@ def build_index_folder(cfg: IndexBuildConfig) -> dict[str, Any]:
     if existing is not None:
         return {"out": str(cfg.out), "count": existing, "skipped": True}
     run = run_config(cfg, ckpt)
-    parts = trainer_parts(cfg, run)
-    print(describe_parts(cfg, parts), flush=True)
+    parts, sizes = trainer_parts(cfg, run)
+    print(describe_parts(cfg, parts, sizes), flush=True)
     ds = joined(parts)
     x, y = embed_split(cfg, ckpt, run, ds)
     items = part_items(cfg, run, parts, y)
@@ -159,30 +159,35 @@ def run_config(cfg: IndexBuildConfig, ckpt: Checkpoint) -> TrainConfig:
     return train_config(ckpt).model_copy(update=update)
 
 
-def trainer_parts(cfg: IndexBuildConfig, run: TrainConfig) -> list[tuple[str, Any]]:
+def trainer_parts(
+    cfg: IndexBuildConfig, run: TrainConfig
+) -> tuple[list[tuple[str, Any]], dict[str, int]]:
     """[(part name, dataset)] of the trainer's (train, test) partition that --split names,
-    cut to --limit items in all."""
+    cut to --limit items in all; and the sizes of both parts."""
     train, test = load_splits(run)
+    sizes = {"train": len(train), "test": len(test)}
     chosen = {"train": [("train", train)], "test": [("test", test)]}.get(
         cfg.split, [("train", train), ("test", test)]
     )
     if not cfg.limit:
-        return chosen
+        return chosen, sizes
     out, left = [], cfg.limit
     for name, ds in chosen:
         if left > 0:
             out.append((name, ds.select(range(min(left, len(ds))))))
             left -= len(out[-1][1])
-    return out
+    return out, sizes
 
 
-def describe_parts(cfg: IndexBuildConfig, parts: list[tuple[str, Any]]) -> str:
-    """The one line that says what is indexed: split, part sizes, and where it came from."""
-    sizes = " + ".join(f"{len(ds)} {name}" for name, ds in parts)
+def describe_parts(
+    cfg: IndexBuildConfig, parts: list[tuple[str, Any]], sizes: dict[str, int]
+) -> str:
+    """The one line that says what is indexed, out of the trainer's partition."""
     total = sum(len(ds) for _, ds in parts)
+    limited = f" (--limit {cfg.limit})" if cfg.limit else ""
     return (
-        f"indexing --split {cfg.split} of {cfg.dataset}: {total} images ({sizes}; the "
-        "trainer's own partition)"
+        f"indexing --split {cfg.split} of {cfg.dataset}: {total} images{limited}; the trainer's "
+        f"partition: {sizes['train']} train, {sizes['test']} test (held out)"
     )
 
 

@@ -61,7 +61,8 @@ def test_folder_index_is_exactly_the_trainers_part(checkpoint, folder, tmp_path,
     assert all(it["metadata"]["class"] == it["metadata"]["path"].split("/")[0] for it in items)
     assert all(CLASSES[it["label"]] == it["metadata"]["class"] for it in items)
     out = capsys.readouterr().out
-    assert f"indexing --split {split} of {folder}: {len(expected)} images" in out
+    said = f"indexing --split {split} of {folder}: {len(expected)} images; the trainer's "
+    assert said + "partition: 43 train, 5 test (held out)" in out
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert manifest["split"] == split and sum(manifest["parts"].values()) == len(expected)
 
