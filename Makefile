@@ -189,16 +189,22 @@ compare: $(STAMP) ## Matryoshka vs truncated baseline vs FF-8/FF-32 vs random in
 # Serving (docs/SERVING.md): index the training split once, then serve on 127.0.0.1:8000.
 INDEX ?= $(OUTPUT)/index
 HELP_INDEX := the index folder make serve builds and serves
-SPLIT ?= train
-HELP_SPLIT := the dataset split the index holds
 SERVE_HOST ?= 127.0.0.1
 HELP_SERVE_HOST := the address make serve listens on
 SERVE_PORT ?= 8000
 HELP_SERVE_PORT := the port make serve listens on
 
+SPLIT ?= train
+HELP_SPLIT := which part of the trainer's split make index/serve index: train | test | all
+INDEX_FLAGS = --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) --split $(SPLIT) \
+	--out $(INDEX)
+
 $(INDEX)/manifest.json: | $(STAMP) $(OUTPUT)/checkpoint.pt
-	$(PY) -m trainer.build_index --checkpoint $(OUTPUT)/checkpoint.pt --dataset $(DATASET) \
-		--split $(SPLIT) --out $(INDEX)
+	$(PY) -m trainer.build_index $(INDEX_FLAGS)
+
+.PHONY: index
+index: $(STAMP) $(OUTPUT)/checkpoint.pt ## index SPLIT=train|test|all of DATASET with OUTPUT's checkpoint -> INDEX
+	$(PY) -m trainer.build_index $(INDEX_FLAGS)
 
 serve: $(STAMP) $(OUTPUT)/checkpoint.pt $(INDEX)/manifest.json ## serve embeddings + search (builds the index if missing)
 	$(PY) -m server --checkpoint $(OUTPUT)/checkpoint.pt --index-dir $(INDEX) \

@@ -22,6 +22,10 @@ from index.store import IndexStore, read_manifest
 
 FILE = "dims.json"
 K = 10
+# Items whose nearest-neighbour score is sampled, and the quantiles kept of those scores
+# (0, 0.5, ..., 100th percentile): a hit's score is placed against them (`percentile`).
+NEIGHBOUR_SAMPLE = 500
+QUANTILES = 201
 
 
 def _eval_rows(eval_json: Path | None) -> dict[int, dict[str, float]]:
@@ -79,6 +83,46 @@ def measure(
     return out
 
 
+def _nearest_other(scores: np.ndarray, rows: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Per query, the best score of a row other than the query's own (k=2 results)."""
+    first_is_own = rows[:, 0] == own
+    return np.where(first_is_own, scores[:, 1], scores[:, 0])
+
+
+def neighbour_quantiles(
+    folder: Path, nesting_list: list[int], *, sample: int = NEIGHBOUR_SAMPLE
+) -> dict[str, list[float]]:
+    """Per dim, quantiles of the index's own nearest-neighbour scores (each sampled item
+    against every other item): what a real match scores in this index, so a search hit can
+    be told apart from "the least bad of unrelated items" (docs/SEARCH.md, `percentile`)."""
+    manifest = read_manifest(folder)
+    store = IndexStore(folder, manifest, writable=False)
+    try:
+        n = len(store)
+        if n < 2:
+            return {}
+        rng = np.random.default_rng(1)
+        own = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+        q = store.vectors.rows[own]
+        levels = np.linspace(0, 100, QUANTILES)
+        out = {}
+        for dim in nesting_list:
+            hits = store.search(q, SearchPlan(2, dim))
+            nearest = _nearest_other(hits.scores, hits.rows, own)
+            out[str(dim)] = [round(float(v), 6) for v in np.percentile(nearest, levels)]
+        return out
+    finally:
+        store.close()
+
+
+def percentile_of(score: float, quantiles: list[float] | None) -> float | None:
+    """The share (0-100) of the index's own nearest-neighbour scores below `score`."""
+    if not quantiles:
+        return None
+    levels = np.linspace(0, 100, len(quantiles))
+    return round(float(np.interp(score, quantiles, levels)), 1)
+
+
 def write_dims_report(folder: Path, nesting_list: list[int], eval_json: Path | None) -> None:
     quality = _eval_rows(eval_json)
     latency = measure(folder, nesting_list)
@@ -87,6 +131,7 @@ def write_dims_report(folder: Path, nesting_list: list[int], eval_json: Path | N
         "latency_measured": f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}, batch 1, k={K}, "
         f"on the built index ({len(nesting_list)} dims)",
         "dims": [{**row, **quality.get(row["dim"], {})} for row in latency],
+        "neighbour_score_quantiles": neighbour_quantiles(folder, nesting_list),
     }
     text = json.dumps(report, indent=1).encode()
     atomic_write(Path(folder) / FILE, lambda f: f.write(text))

@@ -114,6 +114,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         description="Embeddings at any nesting dim, exact and adaptive (funnel) search.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # server.routes.docs: the same pages from packaged assets, no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 
-from index.dims import read_dims_report
+from index.dims import percentile_of, read_dims_report
 from index.plan import SearchKnobs, SearchPlan
 from index.search import gpu_count
 from index.store import Hits, IndexStore
@@ -29,6 +29,7 @@ from server.schemas import (
     ImageSearch,
     ItemInfo,
     ItemSample,
+    SearchOptions,
     SearchResponse,
     VectorItem,
     VectorSearch,
@@ -45,6 +46,7 @@ class IndexService:
         self.metrics = metrics
         self.embedding = embedding
         self.store = self.open_store() if settings.index_dir is not None else None
+        self.neighbour_quantiles = self._neighbour_quantiles()
         self._update_size()
 
     def open_store(self) -> IndexStore:
@@ -62,6 +64,16 @@ class IndexService:
             create=create if writable and self.settings.create_index else None,
             options=self.settings.vector_options(gpu_count()),
         )
+
+    def _neighbour_quantiles(self) -> dict[int, list[float]]:
+        """Per dim, the index's own nearest-neighbour score quantiles from its dims.json
+        ({} for folders built before they were measured: hits then carry no percentile)."""
+        if self.store is None:
+            return {}
+        measured = read_dims_report(self.store.directory).get("neighbour_score_quantiles")
+        if not isinstance(measured, dict):
+            return {}
+        return {int(d): q for d, q in measured.items() if isinstance(q, list)}
 
     def _update_size(self) -> None:
         self.metrics.index_size.set(len(self.store) if self.store is not None else 0)
@@ -86,6 +98,7 @@ class IndexService:
         """Read replicas: reopen the published index (and the writer's log) and swap it in."""
         store = await anyio.to_thread.run_sync(self.open_store)
         old, self.store = self.store, store
+        self.neighbour_quantiles = self._neighbour_quantiles()
         if old is not None:
             old.close()
         self._update_size()
@@ -96,34 +109,43 @@ class IndexService:
         return self.store
 
     async def search(
-        self, body: ImageSearch | VectorSearch
+        self, body: ImageSearch | VectorSearch | SearchOptions, uploads: list[bytes] | None = None
     ) -> tuple[SearchResponse, Timing | None, float]:
-        """Results, the embedding's timing (None for vectors) and the search's seconds."""
-        queries = body.images if isinstance(body, ImageSearch) else body.vectors
+        """Results, the embedding's timing (None for vectors) and the search's seconds.
+
+        `uploads`: the image files of POST /v1/search/files, searched with `body`'s options
+        exactly as the JSON route searches its base64 images."""
+        vectors = body.vectors if isinstance(body, VectorSearch) else None
+        images: list[str] | list[bytes] = (
+            uploads if uploads is not None else body.images if isinstance(body, ImageSearch) else []
+        )
         c = self.embedding.check(
-            len(queries),
+            len(vectors) if vectors is not None else len(images),
             "queries",
             dim=body.dim,
             rerank_dim=body.rerank_dim,
             k=body.k,
             shortlist=body.shortlist,
-            vectors=body.vectors if isinstance(body, VectorSearch) else None,
+            vectors=vectors,
         )
         plan = self.plan(body, c)
         timing = None
         if c.vectors is not None:
             x = c.vectors
         else:
-            x, timing = await self.embedding.embed_images(body.images)
+            x, timing = await self.embedding.embed_images(images)
         start = time.perf_counter()
         scores, rows, items = await self._search(x, plan)
         searched = time.perf_counter() - start
+        quantiles = self.neighbour_quantiles.get(c.rerank_dim or c.dim)
         response = SearchResponse(
-            dim=c.dim, rerank_dim=c.rerank_dim, results=self.results(scores, rows, items)
+            dim=c.dim,
+            rerank_dim=c.rerank_dim,
+            results=self.results(scores, rows, items, quantiles),
         )
         return response, timing, searched
 
-    def plan(self, body: ImageSearch | VectorSearch, c: Checked) -> SearchPlan:
+    def plan(self, body: SearchOptions, c: Checked) -> SearchPlan:
         """The request as the index runs it, the operator's defaults filled in."""
         ann = self.require_index().ann
         if body.use_ann and (ann is None or ann.dim != c.dim):
@@ -142,10 +164,16 @@ class IndexService:
         )
 
     @staticmethod
-    def results(scores: np.ndarray, rows: np.ndarray, items: dict[int, dict]) -> list[list[Hit]]:
+    def results(
+        scores: np.ndarray,
+        rows: np.ndarray,
+        items: dict[int, dict],
+        quantiles: list[float] | None = None,
+    ) -> list[list[Hit]]:
+        """Hits per query; `quantiles`: the final dim's neighbour scores, for `percentile`."""
         return [
             [
-                Hit.of(items[r], s)
+                Hit.of(items[r], s, percentile_of(s, quantiles))
                 for s, r in zip(srow.tolist(), rrow.tolist(), strict=True)
                 if r >= 0  # an ANN shortlist may hold fewer than k live items
             ]

@@ -35,12 +35,13 @@ def narrow(spec: dict[str, Any], svc: Service) -> None:
     schemas = spec["components"]["schemas"]
     settings = svc.settings
     files = next(name for name in schemas if name.startswith("Body_embed_files"))
-    for name in ("EmbedRequest", "ImageSearch", "VectorSearch", files):
+    searches = ("ImageSearch", "VectorSearch", "FileSearchForm")
+    for name in ("EmbedRequest", *searches, files):
         props = schemas[name]["properties"]
         for field in ("dim", "rerank_dim"):
             if field in props:
                 props[field]["anyOf"][0] = {"type": "integer", "enum": svc.embedding.nesting_list}
-    for name in ("ImageSearch", "VectorSearch"):
+    for name in searches:
         props = schemas[name]["properties"]
         props["k"]["maximum"] = settings.max_k
         props["shortlist"]["anyOf"][0]["maximum"] = 100 * settings.max_k
@@ -48,6 +49,7 @@ def narrow(spec: dict[str, Any], svc: Service) -> None:
         ("EmbedRequest", "images"),
         ("ImageSearch", "images"),
         ("VectorSearch", "vectors"),
+        ("FileSearchForm", "files"),
         ("AddRequest", "items"),
     ):
         schemas[name]["properties"][field]["maxItems"] = settings.max_images

@@ -12,6 +12,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from fastapi import UploadFile
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -225,6 +226,15 @@ class VectorSearch(SearchOptions):
     )
 
 
+class FileSearchForm(SearchOptions):
+    """POST /v1/search/files: the JSON route's options as form fields, the query images as
+    uploaded files (no base64, so a photo of any size fits a shell command line)."""
+
+    files: list[UploadFile] = Field(
+        min_length=1, max_length=MAX_BATCH, description="image files (PNG, JPEG...) to search by"
+    )
+
+
 SearchRequest = Annotated[
     Annotated[ImageSearch, Tag("image-query")] | Annotated[VectorSearch, Tag("vector-query")],
     one_of("images", "vectors", "query"),
@@ -250,14 +260,22 @@ class Hit(BaseModel):
     score: float
     label: int | str | None = None
     metadata: dict[str, Any] | None = None
+    percentile: float | None = Field(
+        None,
+        description="share (0-100) of the index's own items whose nearest neighbour scores "
+        "below this score at the same dim, measured when the index was built: near 0 is a "
+        "weak match (weaker than almost every item's nearest neighbour); null for an index "
+        "built without that measurement",
+    )
 
     @classmethod
-    def of(cls, item: dict[str, Any], score: float) -> Hit:
+    def of(cls, item: dict[str, Any], score: float, percentile: float | None = None) -> Hit:
         return cls(
             id=item["id"],
             score=score,
             label=scrubbed(item.get("label")),
             metadata=scrubbed(item.get("metadata")),
+            percentile=percentile,
         )
 
 

@@ -49,6 +49,46 @@ def train_tiny(dataset: str, out: Path, seed: int = 0) -> Path:
     return out / "checkpoint.pt"
 
 
+PHOTO_CLASSES = ("brick", "cat", "sky")
+
+
+def write_image_folder(root: Path, per_class: int = 16) -> Path:
+    """Photos as a user has them: class sub-folders, PNG and JPEG, mixed sizes, some gray."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(PHOTO_CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = int(rng.integers(24, 90)), int(rng.integers(24, 90))
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] = 255  # one channel per class: learnable, not needed
+            image = Image.fromarray(pixels)
+            if i % 5 == 0:
+                image = image.convert("L")
+            image.save(root / name / f"img_{i:03d}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+def train_on_folder(folder: Path, out: Path) -> Path:
+    """Two CPU steps on an image folder (48 images: a queue above the usual share)."""
+    cfg = TrainConfig(
+        dataset=str(folder),
+        output_dir=out,
+        cache_dir=out / "cache",
+        batch_size=8,
+        queue_size=16,
+        allow_large_queue=True,
+        epochs=1,
+        max_steps=2,
+        nesting_list=[8, 16, 32],
+        workers=0,
+        device="cpu",
+        resume="never",
+        image_size=32,
+    )
+    train(cfg)
+    return out / "checkpoint.pt"
+
+
 def build_index(checkpoint: Path, dataset: str, out: Path, limit: int = 0) -> Path:
     build_index_folder(
         IndexBuildConfig(

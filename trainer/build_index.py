@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import datasets
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
@@ -26,7 +27,8 @@ from index.publish import SearchBuild, publish_index
 from index.thumbnails import make_thumbnail, write_thumbnails
 from trainer.checkpointing import train_config
 from trainer.config import TrainConfig
-from trainer.data.datasets import check_columns, load_dataset_dict
+from trainer.data.datasets import image_folder_root, load_splits
+from trainer.data.items import file_paths, item_records
 from trainer.embed import extract_embeddings
 
 PROG = "python -m trainer.build_index"
@@ -40,10 +42,19 @@ class IndexBuildConfig(BaseModel):
     checkpoint: Path = Field(description="the trained checkpoint (required)")
     dataset: str = Field(description="shapes, imagenet-100, a HF id or a local path (required)")
     out: Path = Field(description="the index folder to write (required)")
-    split: str = Field("train", description="the dataset split to index")
+    split: Literal["train", "test", "all"] = Field(
+        "train",
+        description="the trainer's own partition: train (what it trained on), test (its "
+        "held-out part, what the evaluator scores: the test split, or the seeded tenth of a "
+        "one-split dataset such as a folder), all (both)",
+    )
     cache_dir: Path = Field(Path("data"), description="where datasets are generated/cached")
-    image_column: str = Field("image", description="image column of a Hugging Face dataset")
-    label_column: str = Field("label", description="label column of a Hugging Face dataset")
+    image_column: str | None = Field(
+        None, description="image column of a Hugging Face dataset (default: the run's)"
+    )
+    label_column: str | None = Field(
+        None, description="label column of a Hugging Face dataset (default: the run's)"
+    )
     batch_size: int = Field(256, ge=1, description="images per forward pass")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to embed")
@@ -92,13 +103,16 @@ def build_index_folder(cfg: IndexBuildConfig) -> dict[str, Any]:
     existing = existing_index(cfg, ckpt)
     if existing is not None:
         return {"out": str(cfg.out), "count": existing, "skipped": True}
-    ds = load_split(cfg, ckpt)
-    x, y = embed_split(cfg, ckpt, ds)
-    items = item_records(cfg, ds, y)
+    run = run_config(cfg, ckpt)
+    parts, sizes = trainer_parts(cfg, run)
+    print(describe_parts(cfg, parts, sizes), flush=True)
+    ds = joined(parts)
+    x, y = embed_split(cfg, ckpt, run, ds)
+    items = part_items(cfg, run, parts, y)
 
     def thumbnails(folder: Path) -> None:
         if cfg.thumbnail_size:
-            write_item_thumbnails(cfg, ds, items, folder)
+            write_item_thumbnails(cfg, run, ds, items, folder)
 
     publish_index(
         cfg.out,
@@ -106,12 +120,12 @@ def build_index_folder(cfg: IndexBuildConfig) -> dict[str, Any]:
         len(x),
         [x],
         items,
-        build_info(cfg, ckpt),
+        build_info(cfg, ckpt, parts),
         cfg.search_build(),
         ckpt.model.nesting_list,
         thumbnails,
     )
-    return {"out": str(cfg.out), "count": len(x), "width": int(x.shape[1])}
+    return {"out": str(cfg.out), "count": len(x), "width": int(x.shape[1]), "split": cfg.split}
 
 
 def existing_index(cfg: IndexBuildConfig, ckpt: Checkpoint) -> int | None:
@@ -121,6 +135,12 @@ def existing_index(cfg: IndexBuildConfig, ckpt: Checkpoint) -> int | None:
         return None
     existing = json.loads(manifest.read_text())
     if existing.get("fingerprint") == ckpt.fingerprint:
+        was = existing.get("split", cfg.split)
+        if was != cfg.split:
+            raise UsageError(
+                f"{cfg.out} holds --split {was} of this checkpoint; pass --force to rebuild "
+                f"it as --split {cfg.split}, or choose another --out"
+            )
         return existing.get("count")
     raise UsageError(
         f"{cfg.out} holds an index of another checkpoint; pass --force to rebuild it "
@@ -128,34 +148,66 @@ def existing_index(cfg: IndexBuildConfig, ckpt: Checkpoint) -> int | None:
     )
 
 
-def load_split(cfg: IndexBuildConfig, ckpt: Checkpoint):
-    """The split to index, through the trainer's own dataset loaders."""
-    data = TrainConfig(
-        dataset=cfg.dataset,
-        cache_dir=cfg.cache_dir,
-        image_size=ckpt.model.image_size,
-        seed=train_config(ckpt).seed,
-        image_column=cfg.image_column,
-        label_column=cfg.label_column,
+def run_config(cfg: IndexBuildConfig, ckpt: Checkpoint) -> TrainConfig:
+    """The run's own training config, reading the data where this build says: load_splits
+    then partitions the dataset exactly as the trainer and the evaluator did."""
+    update: dict[str, Any] = {"dataset": cfg.dataset, "cache_dir": cfg.cache_dir}
+    if cfg.image_column is not None:
+        update["image_column"] = cfg.image_column
+    if cfg.label_column is not None:
+        update["label_column"] = cfg.label_column
+    return train_config(ckpt).model_copy(update=update)
+
+
+def trainer_parts(
+    cfg: IndexBuildConfig, run: TrainConfig
+) -> tuple[list[tuple[str, Any]], dict[str, int]]:
+    """[(part name, dataset)] of the trainer's (train, test) partition that --split names,
+    cut to --limit items in all; and the sizes of both parts."""
+    train, test = load_splits(run)
+    sizes = {"train": len(train), "test": len(test)}
+    chosen = {"train": [("train", train)], "test": [("test", test)]}.get(
+        cfg.split, [("train", train), ("test", test)]
     )
-    dd = load_dataset_dict(data)
-    if cfg.split not in dd:
-        raise UsageError(
-            f"--split {cfg.split!r} not in dataset {cfg.dataset} (splits: {', '.join(dd)})"
-        )
-    ds = dd[cfg.split]
-    check_columns(data, ds, cfg.split)
-    return ds.select(range(min(cfg.limit, len(ds)))) if cfg.limit else ds
+    if not cfg.limit:
+        return chosen, sizes
+    out, left = [], cfg.limit
+    for name, ds in chosen:
+        if left > 0:
+            out.append((name, ds.select(range(min(left, len(ds))))))
+            left -= len(out[-1][1])
+    return out, sizes
 
 
-def embed_split(cfg: IndexBuildConfig, ckpt: Checkpoint, ds) -> tuple[np.ndarray, np.ndarray]:
+def describe_parts(
+    cfg: IndexBuildConfig, parts: list[tuple[str, Any]], sizes: dict[str, int]
+) -> str:
+    """The one line that says what is indexed, out of the trainer's partition."""
+    total = sum(len(ds) for _, ds in parts)
+    limited = f" (--limit {cfg.limit})" if cfg.limit else ""
+    return (
+        f"indexing --split {cfg.split} of {cfg.dataset}: {total} images{limited}; the trainer's "
+        f"partition: {sizes['train']} train, {sizes['test']} test (held out)"
+    )
+
+
+def joined(parts: list[tuple[str, Any]]):
+    """One dataset of the parts, in order (the item list follows the same order)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    return datasets.concatenate_datasets([ds for _, ds in parts])
+
+
+def embed_split(
+    cfg: IndexBuildConfig, ckpt: Checkpoint, run: TrainConfig, ds
+) -> tuple[np.ndarray, np.ndarray]:
     on = pick_device(cfg.device)
     return extract_embeddings(
         load_encoder(ckpt, on),
         ds,
         EvalPreprocess.of(ckpt.model),
-        cfg.image_column,
-        cfg.label_column,
+        run.image_column,
+        run.label_column,
         on,
         batch_size=cfg.batch_size,
         workers=cfg.workers,
@@ -163,31 +215,39 @@ def embed_split(cfg: IndexBuildConfig, ckpt: Checkpoint, ds) -> tuple[np.ndarray
     )
 
 
-def item_records(cfg: IndexBuildConfig, ds, labels: np.ndarray) -> list[dict[str, Any]]:
-    names = getattr(ds.features.get(cfg.label_column), "names", None)
-    return [
-        {
-            "id": f"{cfg.split}-{i}",
-            "label": int(label),
-            "metadata": {"class": names[label]} if names else None,
-        }
-        for i, label in enumerate(labels.tolist())
-    ]
+def part_items(
+    cfg: IndexBuildConfig, run: TrainConfig, parts: list[tuple[str, Any]], labels: np.ndarray
+) -> list[dict[str, Any]]:
+    """Items of every part: ids from file paths for an image folder, else "<part>-<row>"."""
+    root = image_folder_root(cfg.dataset)
+    items: list[dict[str, Any]] = []
+    start = 0
+    for name, ds in parts:
+        names = getattr(ds.features.get(run.label_column), "names", None)
+        paths = file_paths(ds, run.image_column, root) if root is not None else None
+        part_labels = labels[start : start + len(ds)].tolist()
+        items += item_records(name, part_labels, names, paths)
+        start += len(ds)
+    return items
 
 
-def write_item_thumbnails(cfg: IndexBuildConfig, ds, items: list[dict], folder: Path) -> None:
-    images = ds.select_columns([cfg.image_column])
+def write_item_thumbnails(
+    cfg: IndexBuildConfig, run: TrainConfig, ds, items: list[dict], folder: Path
+) -> None:
+    images = ds.select_columns([run.image_column])
     rows = tqdm(images, total=len(images), desc=f"thumbnails {cfg.split}", unit="img")
     write_thumbnails(
         folder,
         (
-            (it["id"], make_thumbnail(row[cfg.image_column], cfg.thumbnail_size))
+            (it["id"], make_thumbnail(row[run.image_column], cfg.thumbnail_size))
             for it, row in zip(items, rows, strict=True)
         ),
     )
 
 
-def build_info(cfg: IndexBuildConfig, ckpt: Checkpoint) -> dict[str, Any]:
+def build_info(
+    cfg: IndexBuildConfig, ckpt: Checkpoint, parts: list[tuple[str, Any]]
+) -> dict[str, Any]:
     """What the manifest records about where the index came from."""
     return {
         "checkpoint": str(cfg.checkpoint),
@@ -196,6 +256,7 @@ def build_info(cfg: IndexBuildConfig, ckpt: Checkpoint) -> dict[str, Any]:
         "nesting_list": list(ckpt.model.nesting_list),
         "dataset": cfg.dataset,
         "split": cfg.split,
+        "parts": {name: len(ds) for name, ds in parts},
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -218,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.get("skipped"):
         print(f"{result['out']} is already an index of this checkpoint; left as it is")
     else:
-        print(f"indexed {result['count']} items ({result['width']}-dim) into {result['out']}")
+        print(
+            f"indexed {result['count']} items of --split {result['split']} "
+            f"({result['width']}-dim) into {result['out']}"
+        )
     return 0
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routes import dims, embed, health, index_items, items, model, openai, page, search
+from server.routes import (
+    dims,
+    docs,
+    embed,
+    health,
+    index_items,
+    items,
+    model,
+    openai,
+    page,
+    search,
+)
 
 # in the order they are matched: the routes under load first (each router passed costs
 # FastAPI a few us per request)
@@ -18,4 +29,5 @@ ROUTERS: list[APIRouter] = [
     index_items.router,
     items.router,
     page.router,
+    docs.router,
 ]

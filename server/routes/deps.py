@@ -62,7 +62,7 @@ async def json_service(request: Request) -> Service:
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMedia(
             f"unsupported content type {media!r}: this route takes application/json "
-            "(multipart image uploads go to POST /v1/embed/files)"
+            "(multipart image uploads go to POST /v1/embed/files and /v1/search/files)"
         )
     return request.app.state.service
 

@@ -1,12 +1,15 @@
-"""Nearest neighbours by image or vector, exact or adaptive (shortlist, then rerank)."""
+"""Nearest neighbours by image or vector, exact or adaptive (shortlist, then rerank): base64
+images or vectors in JSON, or image files in multipart (the same options as form fields)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
 
 from server.middleware import record_timing
-from server.routes.deps import ERRORS, JsonService
-from server.schemas import SearchRequest, SearchResponse
+from server.routes.deps import ERRORS, JsonService, ServiceDep
+from server.schemas import FileSearchForm, SearchRequest, SearchResponse
 
 router = APIRouter(tags=["search"], responses=ERRORS)
 
@@ -14,5 +17,18 @@ router = APIRouter(tags=["search"], responses=ERRORS)
 @router.post("/v1/search")
 async def search(body: SearchRequest, request: Request, svc: JsonService) -> SearchResponse:
     response, timing, search_s = await svc.index.search(body)
+    record_timing(request.state, timing, search_s)
+    return response
+
+
+@router.post("/v1/search/files")
+async def search_files(
+    form: Annotated[FileSearchForm, Form(media_type="multipart/form-data")],
+    request: Request,
+    svc: ServiceDep,
+) -> SearchResponse:
+    """`curl -F files=@photo.jpg -F k=5 .../v1/search/files`: the JSON route's answer."""
+    uploads = [await f.read() for f in form.files]
+    response, timing, search_s = await svc.index.search(form, uploads)
     record_timing(request.state, timing, search_s)
     return response

@@ -97,6 +97,22 @@ function describe(hit) {
   return hit.label === null || hit.label === undefined ? hit.id : `label ${hit.label}`;
 }
 
+// The item's file: its path in the indexed folder when the index has one, else its id.
+function fileName(item) {
+  const path = item.metadata && typeof item.metadata.path === "string" ? item.metadata.path : null;
+  return path || item.id;
+}
+
+// Below this percentile a hit scores lower than 95% of the index's own nearest neighbours.
+const WEAK_PERCENTILE = 5;
+
+function scoreLine(hit) {
+  const score = hit.score.toFixed(4);
+  if (typeof hit.percentile !== "number") return score;
+  const weak = hit.percentile < WEAK_PERCENTILE ? " · weak match" : "";
+  return `${score} · p${Math.round(hit.percentile)}${weak}`;
+}
+
 function thumbnail(id, alt) {
   const img = el("img");
   img.alt = alt;
@@ -110,11 +126,16 @@ function renderHits(list, hits, reference) {
   for (const hit of hits) {
     const li = el("li", "hit");
     li.dataset.id = hit.id;
-    li.title = `search with ${hit.id}`;
+    li.title = `${fileName(hit)}: click to search with it`;
     if (reference && reference.has(hit.id)) li.classList.add("agree");
+    if (typeof hit.percentile === "number" && hit.percentile < WEAK_PERCENTILE) li.classList.add("weak");
     const text = el("div");
-    text.append(el("div", "label", describe(hit)), el("div", "meta", `${hit.score.toFixed(4)} · ${hit.id}`));
-    li.append(thumbnail(hit.id, describe(hit)), text);
+    text.append(
+      el("div", "file", fileName(hit)),
+      el("div", "label", describe(hit)),
+      el("div", "meta", scoreLine(hit)),
+    );
+    li.append(thumbnail(hit.id, fileName(hit)), text);
     li.addEventListener("click", () => searchByItem(hit.id));
     list.append(li);
   }
@@ -219,7 +240,7 @@ function searchByItem(id) {
     clearError();
     const { body } = await api(`/v1/items/${encodeURIComponent(id)}`);
     state.query = { vector: body.vector };
-    setQuery(thumbUrl(id), `item ${body.id} (${describe(body)})`);
+    setQuery(thumbUrl(id), `item ${fileName(body)} (${describe(body)})`);
     await runSearches(state.query.vector);
   });
 }

@@ -223,6 +223,7 @@ def test_add_search_delete_with_auth(writer):
         "score": pytest.approx(1.0, abs=1e-5),
         "label": "cat",
         "metadata": {"src": "t"},
+        "percentile": None,  # an index created empty by the server: nothing measured
     }
     r = writer.post("/v1/index/items", json={"items": [item]}, headers=AUTH)
     assert r.status_code == 409 and "a-1" in r.json()["detail"]

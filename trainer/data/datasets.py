@@ -65,6 +65,15 @@ def _is_image_folder(path: Path) -> bool:
     return any(p.is_dir() for p in path.iterdir()) and not (path / "dataset_info.json").exists()
 
 
+def image_folder_root(name: str) -> Path | None:
+    """The folder --dataset names when it is loaded as an image folder (items have file paths
+    relative to it), else None."""
+    path = Path(name).expanduser()
+    if not path.is_dir() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return None
+    return path if _is_image_folder(path) else None
+
+
 def load_dataset_dict(cfg: TrainConfig) -> datasets.DatasetDict:
     """Resolve --dataset: shapes, an alias, a save_to_disk folder, an image folder or a hub id."""
     name = cfg.dataset
