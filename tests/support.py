@@ -29,7 +29,7 @@ from trainer.train import train
 NESTING = [8, 16, 32, 64]
 
 
-def train_tiny(dataset: str, out: Path, seed: int = 0) -> Path:
+def train_tiny(dataset: str, out: Path, seed: int = 0, nesting: list[int] = NESTING) -> Path:
     """Two CPU steps: enough weights for the server to load, in about a second."""
     cfg = TrainConfig(
         dataset=dataset,
@@ -39,7 +39,7 @@ def train_tiny(dataset: str, out: Path, seed: int = 0) -> Path:
         queue_size=64,
         epochs=1,
         max_steps=2,
-        nesting_list=NESTING,
+        nesting_list=nesting,
         workers=0,
         device="cpu",
         resume="never",

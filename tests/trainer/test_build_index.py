@@ -6,7 +6,6 @@ import json
 
 import pytest
 from support import PHOTO_CLASSES, train_on_folder, train_tiny, write_image_folder
-from trainer.data.items import file_paths, path_id
 
 from core.checkpoint import load_checkpoint
 from core.cli import UsageError
@@ -14,6 +13,7 @@ from index.store import IndexStore, read_manifest
 from trainer.build_index import IndexBuildConfig, build_index_folder, main
 from trainer.checkpointing import train_config
 from trainer.data.datasets import load_splits
+from trainer.data.items import file_paths, path_id
 
 CLASSES = PHOTO_CLASSES
 PER_CLASS = 16
