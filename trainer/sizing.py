@@ -67,19 +67,30 @@ def choose_sizes(cfg: TrainConfig, n_train: int, world_size: int) -> Sizes:
         batch = fitting_batch(n_train, world_size, batch, cfg.queue_size if queue_set else None)
     global_batch = batch * world_size
     queue = cfg.queue_size
-    default_fits = queue_fits(queue, global_batch, n_train, cfg.allow_large_queue)
-    if not queue_set and not default_fits:
-        queue = fitting_queue(n_train, global_batch) or _too_few(n_train, batch, world_size)
+    # --allow-large-queue lifts the refusal of a queue the user set, never sizes one
+    if not queue_set and not queue_fits(queue, global_batch, n_train, allow_large=False):
+        fitted = fitting_queue(n_train, global_batch)
+        queue = fitted or _smallest_queue(cfg, n_train, batch, world_size)
     return Sizes(batch, queue, _note(cfg, batch, queue, n_train, world_size))
 
 
-def _too_few(n_train: int, batch: int, world_size: int) -> int:
-    smallest = batch * world_size
+def _smallest_queue(cfg: TrainConfig, n_train: int, batch: int, world_size: int) -> int:
+    """One global batch when --allow-large-queue allows it; else a one-line refusal."""
+    global_batch = batch * world_size
+    if cfg.allow_large_queue:
+        return global_batch
+    smaller = fitting_batch(n_train, world_size, batch)
+    if "batch_size" in cfg.model_fields_set and fitting_queue(n_train, smaller * world_size):
+        fix = f"use --batch-size {smaller}"
+    else:
+        fix = (
+            f"add images (a global batch of {MIN_AUTO_BATCH * world_size} needs at least "
+            f"{int(MIN_AUTO_BATCH * world_size / MAX_QUEUE_FRACTION)}) or pass --allow-large-queue"
+        )
     raise UsageError(
-        f"{n_train} training images are too few: a queue of one global batch ({batch} x "
-        f"{world_size} processes) would be {smallest / n_train:.0%} of them (at most "
-        f"{MAX_QUEUE_FRACTION:.0%}, or training collapses); add images, lower --batch-size, "
-        "or pass --allow-large-queue"
+        f"{n_train} training images are too few for --batch-size {batch} x {world_size} "
+        f"processes: a queue of one global batch would be {global_batch / n_train:.0%} of them "
+        f"(at most {MAX_QUEUE_FRACTION:.0%}, or training collapses); {fix}"
     )
 
 

@@ -141,7 +141,7 @@ def evaluate_now(encoder, cfg, device, env, writer, epoch: int) -> None:
             writer.add_scalar(f"eval/knn_top1/dim_{row['dim']}", row["knn_top1"], epoch)
             writer.add_scalar(f"eval/map_at_k/dim_{row['dim']}", row["map_at_k"], epoch)
         summary = ", ".join(f"{r['dim']}:{r['knn_top1']:.3f}" for r in rows)
-        tqdm.write(f"epoch {epoch} kNN top-1 by dim: {summary}")
+        tqdm.write(f"epoch {epoch} kNN top-1 by dim: {summary}", file=sys.stderr)
 
 
 @dataclass

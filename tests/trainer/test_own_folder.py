@@ -133,6 +133,24 @@ def test_defaults_that_fit_are_left_alone():
         assert "(the default)" in (sizes.note or "")
     explicit = TrainConfig(batch_size=128, queue_size=512)
     assert choose_sizes(explicit, 5000, 1).note is None
+    cfg = TrainConfig()
+    sized = cfg.model_copy(update={"batch_size": 128, "queue_size": 512})  # what setup does
+    assert sized.plain() == cfg.plain()
+
+
+def test_a_set_batch_too_large_for_any_queue_gets_a_batch_that_works():
+    with pytest.raises(UsageError, match=r"; use --batch-size 16$") as refused:
+        choose_sizes(TrainConfig(batch_size=128), 270, 1)
+    assert "too few for --batch-size 128" in str(refused.value)
+    sizes = choose_sizes(TrainConfig(batch_size=16), 270, 1)
+    check_config(TrainConfig(batch_size=16, queue_size=sizes.queue_size), 270, 1)
+
+
+def test_too_few_images_for_the_smallest_batch():
+    with pytest.raises(UsageError, match=r"add images .*at least 64.* or pass --allow-large-queue"):
+        choose_sizes(TrainConfig(), 40, 1)
+    sizes = choose_sizes(TrainConfig(allow_large_queue=True), 40, 1)
+    assert (sizes.batch_size, sizes.queue_size) == (16, 16)
 
 
 @pytest.mark.parametrize(
