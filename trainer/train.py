@@ -454,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     if not result["is_main"] or result["stopped"]:
         return 0
     if result["history"]:
-        first, last = result["history"][0], result["history"][-1]
-        for record in (first, last):
+        history = result["history"]
+        for record in history[:1] + history[1:][-1:]:  # the first and last epochs, once each
             losses = " ".join(f"{d}:{v:.3f}" for d, v in record["loss_per_dim"].items())
             print(f"loss per dim, epoch {record['epoch']}: {losses}", file=sys.stderr)
     Reporter(cfg.log_format).done(cfg.output_dir / "checkpoint.pt", result["step"])
