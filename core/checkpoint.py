@@ -50,6 +50,9 @@ class Checkpoint:
     # The served basis ([D, D], orthogonal; trainer.rotation), fitted when training finished.
     # None: serve the trained coordinates (also every checkpoint saved mid-run).
     rotation: torch.Tensor | None = None
+    # The run's data record (split sizes and the held-out rule, JSON-safe): only the trainer
+    # reads it, through trainer.checkpointing.split_record; {} in files saved before it existed.
+    data: dict[str, Any] = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)
 
     @cached_property
@@ -81,6 +84,7 @@ class Checkpoint:
             "world_size": self.world_size,
             "loss": self.loss,
             "rotation": self.rotation,
+            "data": self.data,
         }
 
 
@@ -125,6 +129,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             world_size=int(raw["world_size"]),
             loss=raw["loss"],
             rotation=_rotation(raw["rotation"], model.full_dim, path),
+            data=raw["data"] if isinstance(raw["data"], dict) else {},
             source=path,
         )
     except (ValidationError, TypeError, ValueError) as e:
@@ -144,7 +149,15 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if "rotation" not in raw and isinstance(raw.get("train"), dict):
         # saved before --rotation existed: trained and served in the trained coordinates
         raw = {**raw, "train": {"rotation": "none", **raw["train"]}}
-    return {"queue_ptr": 0, "optimizer": None, "world_size": 1, "loss": {}, "rotation": None, **raw}
+    return {
+        "queue_ptr": 0,
+        "optimizer": None,
+        "world_size": 1,
+        "loss": {},
+        "rotation": None,
+        "data": {},
+        **raw,
+    }
 
 
 def _train_dict(value: Any, path: Path) -> dict[str, Any]:

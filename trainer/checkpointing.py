@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from core.checkpoint import Checkpoint, CheckpointError
 from trainer.config import TrainConfig
+from trainer.data.survey import SplitRecord
 from trainer.moco import MoCo
 
 
@@ -20,6 +21,7 @@ def capture(
     world_size: int = 1,
     loss: torch.nn.Module | None = None,
     rotation: torch.Tensor | None = None,
+    splits: SplitRecord | None = None,
 ) -> Checkpoint:
     """The state of a running MoCo model (tensors are shared, not copied)."""
     return Checkpoint(
@@ -35,6 +37,7 @@ def capture(
         world_size=world_size,
         loss={} if loss is None else loss.state_dict(),
         rotation=rotation,
+        data={} if splits is None else splits.model_dump(mode="json"),
     )
 
 
@@ -48,3 +51,14 @@ def train_config(checkpoint: Checkpoint) -> TrainConfig:
         raise CheckpointError(
             f"checkpoint {checkpoint.source} has an unusable training config ({first})"
         ) from None
+
+
+def split_record(checkpoint: Checkpoint) -> SplitRecord | None:
+    """The run's split sizes and held-out rule; None for checkpoints saved before they were
+    recorded (or by code that trains without a dataset)."""
+    if not checkpoint.data:
+        return None
+    try:
+        return SplitRecord.model_validate(checkpoint.data)
+    except ValidationError:
+        return None

@@ -155,8 +155,15 @@ class TrainConfig(BaseModel):
     log_every: int = Field(
         10,
         ge=1,
-        description="log the losses every N steps; between logs no step waits for the host (with "
-        "several processes, a stop signal is also agreed every N steps)",
+        description="log the losses every N steps (one line each without a terminal); between "
+        "logs no step waits for the host (with several processes, a stop signal is also agreed "
+        "every N steps)",
+    )
+    log_format: Literal["auto", "text", "json"] = Field(
+        "auto",
+        description="auto: progress bars on a terminal, text lines otherwise; text: one line "
+        "per --log-every steps and per epoch (step, loss per dim, img/s, data wait); json: the "
+        "same as one JSON object per line on stdout",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     workers: int = Field(2, ge=0, description="DataLoader worker processes")

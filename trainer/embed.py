@@ -86,11 +86,13 @@ def extract_embeddings(
     world_size: int = 1,
     workers: int = 0,
     desc: str = "embed",
+    bars: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw full-dim embeddings (float32 [N, D]) and labels (int64 [N]) in dataset order.
 
     The caller puts the encoder in eval mode. With world_size > 1 every rank must call this
-    (it all-gathers); each returns the full arrays.
+    (it all-gathers); each returns the full arrays. `bars`: a progress bar on rank 0 (off for
+    logs that are not a terminal, trainer.progress).
     """
     device = torch.device(device)
     share = _Share(dataset, preprocess, image_column, label_column, rank, world_size)
@@ -99,7 +101,7 @@ def extract_embeddings(
     )
     xs, ys = [], []
     with torch.inference_mode():
-        for images, labels in tqdm(loader, desc=desc, disable=rank != 0, leave=False):
+        for images, labels in tqdm(loader, desc=desc, disable=rank != 0 or not bars, leave=False):
             xs.append(encoder(images.to(device, non_blocking=True)).float())
             ys.append(labels.to(device))
         if xs:

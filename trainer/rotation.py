@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Subset
 
 from trainer.config import TrainConfig
+from trainer.progress import use_bars
 
 # enough rows for a 2048-dim covariance; fitting reads at most this many train images
 FIT_SAMPLES = 20_000
@@ -67,5 +68,6 @@ def fit_rotation(
             rank,
             world_size,
             desc="fit rotation",
+            bars=use_bars(cfg.log_format),
         )
     return torch.from_numpy(pca_rotation(x))

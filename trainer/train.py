@@ -21,20 +21,34 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from core.cli import UsageError, run_cli
 from core.config import ModelConfig
 from trainer.checkpointing import capture, train_config
 from trainer.config import TrainConfig, parse_train_args
-from trainer.data.datasets import TrainData, load_splits
+from trainer.data.datasets import Splits, TrainData, read_splits
+from trainer.data.survey import SplitRecord, image_size_line, median_image_size
 from trainer.distributed import process_group as dist
 from trainer.loss import MoCoMatryoshkaLoss, build_loss
 from trainer.moco import MoCo, build_moco
+from trainer.progress import ProgressLine, Reporter, quiet_library_bars
 from trainer.rotation import fit_rotation
+from trainer.sizing import check_config, choose_sizes
 
-MAX_QUEUE_FRACTION = 0.25
-# Besides the whole ModelConfig, a resumed run must share these with its checkpoint.
-RESUME_MUST_MATCH = ("queue_size", "dataset", "dataset_seed", "val_fraction", "prefix_heads")
+# Besides the whole ModelConfig, a resumed run must share these with its checkpoint: the data,
+# the queue, and everything that defines the lr schedule (learning_rate, steps per epoch).
+RESUME_MUST_MATCH = (
+    "dataset",
+    "train_split",
+    "dataset_seed",
+    "val_fraction",
+    "queue_size",
+    "prefix_heads",
+    "epochs",
+    "batch_size",
+    "lr",
+    "warmup_epochs",
+)
 
 
 class StopFlag:
@@ -47,22 +61,6 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
-
-
-def check_config(cfg: TrainConfig, n_train: int, world_size: int) -> None:
-    global_batch = cfg.batch_size * world_size
-    if cfg.queue_size % global_batch:
-        raise UsageError(
-            f"--queue-size {cfg.queue_size} must be a multiple of the global batch "
-            f"{global_batch} (--batch-size {cfg.batch_size} x {world_size} processes)"
-        )
-    if cfg.queue_size > MAX_QUEUE_FRACTION * n_train and not cfg.allow_large_queue:
-        raise UsageError(
-            f"--queue-size {cfg.queue_size} is {cfg.queue_size / n_train:.0%} of the "
-            f"{n_train} training images: each image would meet its own older key as a negative "
-            f"and training collapses; use at most {int(MAX_QUEUE_FRACTION * n_train)} "
-            "(or --allow-large-queue)"
-        )
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, world_size: int) -> float:
@@ -90,16 +88,7 @@ def resume_path(cfg: TrainConfig) -> Path | None:
 
 def restore(cfg: TrainConfig, path: Path, model: MoCo, loss_fn, optimizer, device) -> int:
     ckpt = load_checkpoint(path, map_location=device)
-    now = cfg.model_spec()
-    pairs = [(k, getattr(ckpt.model, k), getattr(now, k)) for k in ModelConfig.model_fields]
-    saved_cfg = train_config(ckpt)
-    pairs += [(k, getattr(saved_cfg, k), getattr(cfg, k)) for k in RESUME_MUST_MATCH]
-    for key, saved, now in pairs:
-        if saved != now:
-            raise UsageError(
-                f"cannot resume from {path}: it was trained with {key}={saved!r}, "
-                f"this run has {now!r} (use another --output-dir or --resume never)"
-            )
+    check_resumable(cfg, ckpt, path)
     if ckpt.optimizer is None:
         raise UsageError(f"cannot resume from {path}: it holds no optimizer state")
     model.encoder_q.load_state_dict(ckpt.encoder_q)
@@ -109,6 +98,30 @@ def restore(cfg: TrainConfig, path: Path, model: MoCo, loss_fn, optimizer, devic
     loss_fn.load_state_dict(ckpt.loss)
     optimizer.load_state_dict(ckpt.optimizer)
     return ckpt.step
+
+
+def check_resumable(cfg: TrainConfig, ckpt: Checkpoint, path: Path) -> None:
+    """Refuse, in one line naming every difference, a resume that would change the model, the
+    data or the schedule half-way (e.g. --epochs 4 after 40: a silently shortened run)."""
+    now = cfg.model_spec()
+    pairs = [(k, getattr(ckpt.model, k), getattr(now, k)) for k in ModelConfig.model_fields]
+    saved_cfg = train_config(ckpt)
+    pairs += [(k, getattr(saved_cfg, k), getattr(cfg, k)) for k in RESUME_MUST_MATCH]
+    diffs = [f"{_flag(k)} {_shown(a)} (now {_shown(b)})" for k, a, b in pairs if a != b]
+    if diffs:
+        raise UsageError(
+            f"cannot resume from {path}: it was trained with {', '.join(diffs)}; use another "
+            "--output-dir for a new run, or --resume never to start this one over"
+        )
+
+
+def _flag(name: str) -> str:
+    name = "data_seed" if name == "dataset_seed" else name
+    return "--" + name.replace("_", "-") if name in TrainConfig.model_fields else name
+
+
+def _shown(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def log_epoch(out_dir: Path, record: dict) -> None:
@@ -128,7 +141,7 @@ def evaluate_now(encoder, cfg, device, env, writer, epoch: int) -> None:
             writer.add_scalar(f"eval/knn_top1/dim_{row['dim']}", row["knn_top1"], epoch)
             writer.add_scalar(f"eval/map_at_k/dim_{row['dim']}", row["map_at_k"], epoch)
         summary = ", ".join(f"{r['dim']}:{r['knn_top1']:.3f}" for r in rows)
-        tqdm.write(f"epoch {epoch} kNN top-1 by dim: {summary}")
+        tqdm.write(f"epoch {epoch} kNN top-1 by dim: {summary}", file=sys.stderr)
 
 
 @dataclass
@@ -144,6 +157,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     loss_fn: MoCoMatryoshkaLoss
     total_steps: int
+    splits: SplitRecord
+    reporter: Reporter
     writer: SummaryWriter | None = None  # rank 0 only
 
     @property
@@ -163,6 +178,7 @@ class Run:
                 world_size=self.env.world_size,
                 loss=self.loss_fn,
                 rotation=rotation,
+                splits=self.splits,
             )
             save_checkpoint(ckpt, path)
         return path
@@ -196,6 +212,7 @@ class EpochStats:
 def train(cfg: TrainConfig, environ=os.environ) -> dict:
     """Train (or resume) to cfg's last step; returns the step, per-epoch history, stopped."""
     run = setup(cfg, environ)
+    cfg = run.cfg  # with the queue and batch sized to the data
     stop = StopFlag()
     step, history = run.model.steps, []
     while step < run.total_steps:
@@ -214,15 +231,18 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
 def setup(cfg: TrainConfig, environ) -> Run:
     """Process group, data (rank 0 downloads first), model, optimizer, loss, resume, DDP."""
     env, device, _ = dist.setup(cfg.dist_backend, cfg.device, environ)
+    reporter = Reporter(cfg.log_format)
+    if not reporter.bars:
+        quiet_library_bars()
     torch.manual_seed(cfg.seed)
     if env.is_main:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        train_ds, _ = load_splits(cfg)
+        splits = read_splits(cfg)
     dist.barrier()
     if not env.is_main:
-        train_ds, _ = load_splits(cfg)
-    check_config(cfg, len(train_ds), env.world_size)
-    data = TrainData(cfg, train_ds, env.rank, env.world_size, device)
+        splits = read_splits(cfg)
+    cfg = fit_to_data(cfg, splits, env)
+    data = TrainData(cfg, splits.train, env.rank, env.world_size, device)
     model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
     if cfg.sync_bn and env.is_distributed:
         if device.type != "cuda":
@@ -256,7 +276,35 @@ def setup(cfg: TrainConfig, environ) -> Run:
     writer = None
     if env.is_main:
         writer = SummaryWriter(str(cfg.output_dir / "tb"), purge_step=model.steps)
-    return Run(cfg, env, device, data, model, runner, optimizer, loss_fn, total_steps, writer)
+    return Run(
+        cfg,
+        env,
+        device,
+        data,
+        model,
+        runner,
+        optimizer,
+        loss_fn,
+        total_steps,
+        splits.record,
+        reporter,
+        writer,
+    )
+
+
+def fit_to_data(cfg: TrainConfig, splits: Splits, env: dist.DistEnv) -> TrainConfig:
+    """The queue and batch sized to the train split (trainer.sizing) and checked; rank 0 then
+    says what was chosen, the split sizes and the image size: stated choices, not surprises."""
+    n_train = len(splits.train)
+    sizes = choose_sizes(cfg, n_train, env.world_size)
+    cfg = cfg.model_copy(update={"batch_size": sizes.batch_size, "queue_size": sizes.queue_size})
+    check_config(cfg, n_train, env.world_size)
+    if env.is_main:
+        median = median_image_size(splits.train, cfg.image_column)
+        for line in (sizes.note, splits.record.line(), image_size_line(median, cfg.image_size)):
+            if line:
+                print(line, file=sys.stderr, flush=True)
+    return cfg
 
 
 def train_step(run: Run, im_q: torch.Tensor, im_k: torch.Tensor, step: int):
@@ -302,6 +350,25 @@ def log_losses(run: Run, bar: tqdm, stats: EpochStats, means: torch.Tensor, lr, 
     run.writer.add_scalar("train/lr", lr, step)
     for d, value in zip(run.cfg.nesting_list, values[1:], strict=True):
         run.writer.add_scalar(f"train/loss_dim_{d}", value, step)
+    if step % run.steps_per_epoch and step < run.total_steps:  # else the epoch's line says it
+        run.reporter.progress(step_line(run, stats, values, lr, step))
+
+
+def step_line(run: Run, stats: EpochStats, values: list[float], lr: float, step: int):
+    """The progress line of the steps since the last log (throughput: the epoch so far)."""
+    elapsed = time.perf_counter() - stats.started
+    return ProgressLine(
+        event="step",
+        epoch=(step - 1) // run.steps_per_epoch + 1,
+        epochs=run.cfg.epochs,
+        step=step,
+        total_steps=run.total_steps,
+        loss_per_dim=dict(zip(map(str, run.cfg.nesting_list), values[1:], strict=True)),
+        images_per_s=stats.images / elapsed,
+        data_wait_fraction=stats.waited / elapsed,
+        loss=values[0],
+        lr=lr,
+    )
 
 
 def run_epoch(run: Run, epoch: int, step: int, stop: StopFlag) -> tuple[EpochStats, int, bool]:
@@ -316,7 +383,7 @@ def run_epoch(run: Run, epoch: int, step: int, stop: StopFlag) -> tuple[EpochSta
         total=spe,
         initial=step % spe,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not run.env.is_main,
+        disable=not (run.env.is_main and run.reporter.bars),
         dynamic_ncols=True,
         file=sys.stderr,
     )
@@ -360,6 +427,9 @@ def end_epoch(run: Run, epoch: int, step: int, stats: EpochStats) -> dict:
         run.writer.add_scalar("train/data_wait_fraction", record["data_wait_fraction"], step)
         run.save(step)
         log_epoch(cfg.output_dir, record)
+        run.reporter.progress(
+            ProgressLine(event="epoch", epochs=cfg.epochs, total_steps=run.total_steps, **record)
+        )
     epoch_done = step % run.steps_per_epoch == 0
     if cfg.eval_interval and epoch_done and (epoch + 1) % cfg.eval_interval == 0:
         evaluate_now(run.model.encoder_q, cfg, run.device, run.env, run.writer, epoch + 1)
@@ -381,11 +451,14 @@ def finish(run: Run, step: int, history: list[dict], stopped: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_args(argv)
     result = train(cfg)
-    if result["is_main"] and result["history"] and not result["stopped"]:
-        first, last = result["history"][0], result["history"][-1]
-        for record in (first, last):
+    if not result["is_main"] or result["stopped"]:
+        return 0
+    if result["history"]:
+        history = result["history"]
+        for record in history[:1] + history[1:][-1:]:  # the first and last epochs, once each
             losses = " ".join(f"{d}:{v:.3f}" for d, v in record["loss_per_dim"].items())
             print(f"loss per dim, epoch {record['epoch']}: {losses}", file=sys.stderr)
+    Reporter(cfg.log_format).done(cfg.output_dir / "checkpoint.pt", result["step"])
     return 0
 
 

@@ -40,7 +40,7 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
 def test_resume_refuses_another_dataset_seed(tiny_config, tmp_path):
     """A resumed run must keep training on the data it started on."""
     train(tiny_config(output_dir=tmp_path / "r", epochs=1, max_steps=2))
-    with pytest.raises(UsageError, match="dataset_seed=0, this run has 1"):
+    with pytest.raises(UsageError, match=r"--data-seed 0 \(now 1\)"):
         train(tiny_config(output_dir=tmp_path / "r", epochs=1, resume="auto", seed=1))
     train(tiny_config(output_dir=tmp_path / "r", epochs=1, resume="auto", data_seed=0))
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt").step == 320 // 32

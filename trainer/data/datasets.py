@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from trainer.data import shapes
 from trainer.data.augment import AugmentParams, BatchTwoCrop, TwoCropTransform
 from trainer.config import TrainConfig
+from trainer.data.survey import SplitRecord
 from trainer.data.decode import EncodedBatch, as_byte_tensor, collate_encoded, is_jpeg, pil_decode
 from core.cli import UsageError
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_center_crop
@@ -125,8 +127,23 @@ def resolve_splits(cfg: TrainConfig, dd: datasets.DatasetDict) -> tuple[str, str
     return cfg.train_split, None
 
 
+@dataclass
+class Splits:
+    """The train and evaluation splits, with the record of how they were drawn."""
+
+    train: datasets.Dataset
+    test: datasets.Dataset
+    record: SplitRecord
+
+
 def load_splits(cfg: TrainConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, test). A dataset with one split gets a deterministic 90/10 split.
+    """(train, test); `read_splits` also says how they were drawn."""
+    splits = read_splits(cfg)
+    return splits.train, splits.test
+
+
+def read_splits(cfg: TrainConfig) -> Splits:
+    """A dataset with one split gets a deterministic 90/10 split.
 
     With --val-fraction, "test" is a seeded slice of the train split and the rest trains:
     settings are tuned on it, so the test split stays unseen until the final numbers.
@@ -134,18 +151,37 @@ def load_splits(cfg: TrainConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
     dd = load_dataset_dict(cfg)
     train_name, test_name = resolve_splits(cfg, dd)
     train = dd[train_name]
+    held_out: dict = {}
     if cfg.val_fraction:
         parts = train.train_test_split(test_size=cfg.val_fraction, seed=VAL_SEED)
         train, test = parts["train"], parts["test"]
-        test_name = f"{train_name} (val {cfg.val_fraction:g})"
+        held_out = dict(
+            held_out_fraction=cfg.val_fraction,
+            held_out_seed=VAL_SEED,
+            held_out_by="--val-fraction, seed",
+        )
+        test_name = None
     elif test_name is None:
         parts = train.train_test_split(test_size=0.1, seed=cfg.dataset_seed)
         train, test = parts["train"], parts["test"]
+        held_out = dict(
+            held_out_fraction=0.1,
+            held_out_seed=cfg.dataset_seed,
+            held_out_by="seeded by --data-seed",
+        )
     else:
         test = dd[test_name]
     check_columns(cfg, train, train_name)
-    check_columns(cfg, test, test_name or "test")
-    return train, test
+    check_columns(cfg, test, test_name or f"{train_name} (held out)")
+    record = SplitRecord(
+        n_train=len(train),
+        n_test=len(test),
+        train_split=train_name,
+        test_split=test_name,
+        from_folder=image_folder_root(cfg.dataset) is not None,
+        **held_out,
+    )
+    return Splits(train, test, record)
 
 
 def check_columns(cfg: TrainConfig, ds: datasets.Dataset, split: str) -> None:
