@@ -30,6 +30,7 @@ from trainer.config import TrainConfig
 from trainer.data.datasets import image_folder_root, load_splits
 from trainer.data.items import file_paths, item_records
 from trainer.embed import extract_embeddings
+from trainer.progress import quiet_library_bars, use_bars
 
 PROG = "python -m trainer.build_index"
 
@@ -212,6 +213,7 @@ def embed_split(
         batch_size=cfg.batch_size,
         workers=cfg.workers,
         desc=f"index {cfg.split}",
+        bars=use_bars("auto"),
     )
 
 
@@ -235,7 +237,13 @@ def write_item_thumbnails(
     cfg: IndexBuildConfig, run: TrainConfig, ds, items: list[dict], folder: Path
 ) -> None:
     images = ds.select_columns([run.image_column])
-    rows = tqdm(images, total=len(images), desc=f"thumbnails {cfg.split}", unit="img")
+    rows = tqdm(
+        images,
+        total=len(images),
+        desc=f"thumbnails {cfg.split}",
+        unit="img",
+        disable=not use_bars("auto"),
+    )
     write_thumbnails(
         folder,
         (
@@ -275,7 +283,10 @@ def parse_args(argv: list[str] | None) -> IndexBuildConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    result = build_index_folder(parse_args(argv))
+    cfg = parse_args(argv)
+    if not use_bars("auto"):
+        quiet_library_bars()
+    result = build_index_folder(cfg)
     if result.get("skipped"):
         print(f"{result['out']} is already an index of this checkpoint; left as it is")
     else:

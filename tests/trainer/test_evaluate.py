@@ -187,9 +187,10 @@ def test_checkpoint_and_embeddings_paths_agree(monkeypatch, capsys, tmp_path, ch
     path, cfg, _ = checkpoint
     out, npz = tmp_path / "ck.json", tmp_path / "saved.npz"
     args = ["--checkpoint", path, "--output", out, "--save-embeddings", npz, "--no-plot"]
-    code, stdout, _ = cli(monkeypatch, capsys, *args)
+    code, stdout, stderr = cli(monkeypatch, capsys, *args)
     assert code == 0
     assert stdout.startswith(f"{path} (step 0, epoch 0) on {cfg.dataset}: 320 train images")
+    assert "\r" not in stdout + stderr and "embed train" not in stderr  # no bars off a terminal
     from_ckpt = json.loads(out.read_text())
     assert set(from_ckpt) == KEYS | {"step", "epoch"} and from_ckpt["checkpoint"] == str(path)
     assert (from_ckpt["step"], from_ckpt["epoch"]) == (0, 0)

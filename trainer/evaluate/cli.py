@@ -24,6 +24,7 @@ from trainer.config import TrainConfig
 from trainer.embed import eval_mode, extract_embeddings
 from trainer.evaluate.metrics import average_precision_at_k, knn_predict
 from trainer.evaluate.report import describe, load_result, markdown_table, plot, run_label
+from trainer.progress import quiet_library_bars, use_bars
 from trainer.rotation import pca_rotation
 
 if TYPE_CHECKING:
@@ -234,6 +235,7 @@ def embed_splits(
             world_size,
             workers=workers,
             desc=f"embed {name}",
+            bars=use_bars("auto"),
         )
     return Embedded(*arrays)
 
@@ -302,6 +304,8 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not use_bars("auto"):
+        quiet_library_bars()
     if args.batch_size < 1 or args.workers < 0 or (args.threads is not None and args.threads < 1):
         raise UsageError("--batch-size and --threads must be >= 1, --workers >= 0")
     compare = [load_result(p) for p in args.compare]
