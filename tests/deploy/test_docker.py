@@ -82,7 +82,9 @@ def test_hadolint_passes(name: str) -> None:
 
 def test_makefile_installs_the_project_from_pyproject() -> None:
     make = (ROOT / "Makefile").read_text()
-    assert re.search(r"\$\(PIP_INSTALL\) -e '\.\[\$\(EXTRAS\)\]'", make)
+    torch_index = "$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))"
+    assert f"$(PIP_INSTALL) {torch_index} -e '.[$(EXTRAS)]'" in make
+    assert re.search(r"^TORCH_INDEX \?=$", make, re.M)  # empty: PyPI's torch unless asked
     assert re.search(r"^EXTRAS \?= cpu,train,serve,dev$", make, re.M)
 
 
