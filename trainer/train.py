@@ -228,6 +228,24 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
     return finish(run, step, history, stopped=False)
 
 
+def place_model(cfg: TrainConfig, env: dist.DistEnv, device: torch.device) -> MoCo:
+    """The MoCo model on its device: SyncBatchNorm across ranks if asked, channels-last on GPU,
+    compiled in place if asked (the state_dict keys, and so the checkpoint, stay the same)."""
+    model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
+    if cfg.sync_bn and env.is_distributed:
+        if device.type != "cuda":
+            raise UsageError(
+                "--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU"
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    fmt = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    model = model.to(device, memory_format=fmt)
+    if cfg.compile:
+        model.encoder_q.compile()
+        model.encoder_k.compile()
+    return model
+
+
 def setup(cfg: TrainConfig, environ) -> Run:
     """Process group, data (rank 0 downloads first), model, optimizer, loss, resume, DDP."""
     env, device, _ = dist.setup(cfg.dist_backend, cfg.device, environ)
@@ -243,19 +261,7 @@ def setup(cfg: TrainConfig, environ) -> Run:
         splits = read_splits(cfg)
     cfg = fit_to_data(cfg, splits, env)
     data = TrainData(cfg, splits.train, env.rank, env.world_size, device)
-    model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
-    if cfg.sync_bn and env.is_distributed:
-        if device.type != "cuda":
-            raise UsageError(
-                "--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU"
-            )
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    fmt = torch.channels_last if device.type == "cuda" else torch.preserve_format
-    model = model.to(device, memory_format=fmt)
-    if cfg.compile:
-        # in place: the state_dict keys (and so the checkpoint) stay those of the plain modules
-        model.encoder_q.compile()
-        model.encoder_k.compile()
+    model = place_model(cfg, env, device)
     loss_fn = build_loss(cfg).to(device)
     optimizer = torch.optim.SGD(
         [*model.encoder_q.parameters(), *loss_fn.parameters()],
