@@ -20,3 +20,7 @@ class DuplicateIds(IndexStoreError, ValueError):
 
 class IndexFolderError(IndexStoreError, UsageError):
     """An index folder that is missing, corrupt or built from another checkpoint."""
+
+
+class ThumbnailDamaged(IndexStoreError):
+    """A thumbnail whose stored bytes are missing or fail their checksum."""

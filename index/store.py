@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from index.ann import AnnIndex, build_ann
-from index.errors import DuplicateIds, IndexFolderError, ItemNotFound
+from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, refuse_orphans, remove_stale
 from index.plan import SearchPlan
 from index.rowfile import RowFile
@@ -257,11 +257,30 @@ class IndexStore:
             taken = [it["id"] for it in items if it["id"] in self.row_of]
             if taken:
                 raise DuplicateIds(f"ids already in the index: {', '.join(taken[:10])}")
-            if thumbnails:
-                self.thumbnails.add(thumbnails.items())
+            refs = self.thumbnails.add(thumbnails.items()) if thumbnails else {}
+            items = [{**it, "thumbnail": refs.get(it["id"])} for it in items]
             record = {"op": "add", "items": items, "vectors": encode_vectors(vectors)}
             self._log(record)
             self._apply_add(items, np.asarray(vectors, np.float32))
+
+    def thumbnail(self, item_id: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of a live item's own thumbnail, None when it has none; stored bytes
+        that fail their checksum are refused, never served."""
+        with self.lock:
+            row = self.row_of.get(item_id)
+            if row is None:
+                raise ItemNotFound(f"no item with id {item_id!r} in the index")
+            item = self.item(row)
+            ref = item["thumbnail"] if "thumbnail" in item else self.thumbnails.by_id(item_id)
+            if ref is None:
+                return None
+            data = self.thumbnails.read(ref)
+        if data is None:
+            raise ThumbnailDamaged(
+                f"the thumbnail of item {item_id!r} in {self.directory} is missing or damaged "
+                "(its bytes in thumbnails.bin fail their checksum); rebuild the index to restore it"
+            )
+        return data, self.thumbnails.etag(ref)
 
     def delete(self, item_id: str) -> None:
         with self.lock:

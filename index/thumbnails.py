@@ -1,18 +1,23 @@
 """Item thumbnails: small WebP images in one append-only blob, located by a checksummed log.
 
   thumbnails.bin     the encoded images back to back (read with pread, never loaded whole)
-  thumbnails.jsonl   index.wal records {"ids", "offsets", "lengths"}, one per batch
+  thumbnails.jsonl   index.wal records {"ids", "offsets", "lengths", "crcs"}, one per batch
 
-Thumbnails are keyed by item id and live beside the generations (compaction leaves them
-alone). Bytes are fsync'ed before the record that points at them, and the record before the
-add that uses them is logged, so an acknowledged item always has its thumbnail; a crash in
-between only leaves unreferenced bytes. A re-added id's newer record wins.
+A thumbnail belongs to one add, not to an id: an item added through the store carries its
+thumbnail's reference [offset, length, crc32] in its own record (None: it has none), so a
+deleted item's thumbnail never comes back with a later item of the same id. Items of an index
+build (and of folders written before references) are looked up by id. Every read is checked
+against its CRC-32, which is also the ETag: a damaged or replaced blob is never served.
+Bytes are fsync'ed before the record that points at them, and the record before the add that
+uses them is logged, so an acknowledged item always has its thumbnail; a crash in between only
+leaves unreferenced bytes.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +30,8 @@ LOG = "thumbnails.jsonl"
 SIZE = 96
 QUALITY = 80
 MEDIA_TYPE = "image/webp"
+
+Ref = list[int]  # [offset, length, crc32]; the crc is absent in records older than it
 
 
 def make_thumbnail(image: Image.Image, size: int = SIZE) -> bytes:
@@ -42,7 +49,7 @@ class Thumbnails:
     def __init__(self, directory: Path, writable: bool):
         self.directory = Path(directory)
         self.writable = writable
-        self.where: dict[str, tuple[int, int]] = {}
+        self.where: dict[str, Ref] = {}
         records, self._valid = read_records(self.directory / LOG)
         for record in records:
             self._apply(record)
@@ -61,47 +68,63 @@ class Thumbnails:
             self._fd = os.open(self.directory / BLOB, os.O_RDONLY)
 
     def _apply(self, record: dict) -> None:
-        for item_id, offset, length in zip(
-            record["ids"], record["offsets"], record["lengths"], strict=True
+        crcs = record.get("crcs") or [None] * len(record["ids"])
+        for item_id, offset, length, crc in zip(
+            record["ids"], record["offsets"], record["lengths"], crcs, strict=True
         ):
-            self.where[item_id] = (offset, length)
+            self.where[item_id] = [offset, length] if crc is None else [offset, length, crc]
 
     def __len__(self) -> int:
         return len(self.where)
 
+    def by_id(self, item_id: str) -> Ref | None:
+        """The reference of an item that carries none of its own (index builds, old folders)."""
+        return self.where.get(item_id)
+
     def get(self, item_id: str) -> bytes | None:
-        at = self.where.get(item_id)
-        if at is None or self._fd is None:
+        """The latest thumbnail recorded under an id (an index build's items)."""
+        ref = self.by_id(item_id)
+        return None if ref is None else self.read(ref)
+
+    def read(self, ref: Ref) -> bytes | None:
+        """The bytes `ref` points at, or None when they are missing or not what was written."""
+        if self._fd is None:
             return None
-        offset, length = at
-        return os.pread(self._fd, length, offset)
+        offset, length = ref[0], ref[1]
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length or (len(ref) > 2 and zlib.crc32(data) != ref[2]):
+            return None
+        return data
 
-    def etag(self, item_id: str) -> str | None:
-        """Changes when the id's thumbnail does (a re-added id gets new bytes elsewhere)."""
-        at = self.where.get(item_id)
-        return None if at is None else f'"{at[0]:x}-{at[1]:x}"'
+    @staticmethod
+    def etag(ref: Ref) -> str:
+        """The content's CRC-32 (where and how long, for records older than checksums)."""
+        return f'"{ref[2]:08x}"' if len(ref) > 2 else f'"{ref[0]:x}-{ref[1]:x}"'
 
-    def add(self, pairs: Iterable[tuple[str, bytes]]) -> None:
-        """Append the images, fsync them, then durably record where they are."""
+    def add(self, pairs: Iterable[tuple[str, bytes]]) -> dict[str, Ref]:
+        """Append the images, fsync them, then durably record where they are; the references,
+        by id, for the items to carry."""
         if not self.writable:
             raise RuntimeError("these thumbnails were opened read-only")
         pairs = list(pairs)
         if not pairs:
-            return
+            return {}
         if self._log is None:
             self._open()
         assert self._fd is not None and self._log is not None
         offset = os.fstat(self._fd).st_size
-        record: dict[str, list] = {"ids": [], "offsets": [], "lengths": []}
+        record: dict[str, list] = {"ids": [], "offsets": [], "lengths": [], "crcs": []}
         for item_id, data in pairs:
             os.write(self._fd, data)
             record["ids"].append(item_id)
             record["offsets"].append(offset)
             record["lengths"].append(len(data))
+            record["crcs"].append(zlib.crc32(data))
             offset += len(data)
         os.fsync(self._fd)
         self._log.append(record)
         self._apply(record)
+        return {item_id: self.where[item_id] for item_id, _ in pairs}
 
     def close(self) -> None:
         if self._log is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from server.errors import ApiError, Overloaded
+from server.errors import ApiError, Overloaded, TooManyImages
 from server.metrics import Metrics
 from server.timing import Timing
 
@@ -90,6 +90,13 @@ class Batcher:
         assert self._queue is not None, "Batcher.start() was not awaited"
         size = self.max_batch_size
         starts = range(0, len(sources), size)
+        if len(starts) > self._queue.maxsize:  # not a busy moment: it could never be admitted
+            limit = self._queue.maxsize * size
+            raise TooManyImages(
+                f"{len(sources)} images need {len(starts)} batch slots but the embedding queue "
+                f"holds {self._queue.maxsize} (max_queue x max_batch_size = {limit} images); "
+                f"send at most {limit} images per request"
+            )
         if self._queue.maxsize - self._queue.qsize() < len(starts):
             self.metrics.rejected.inc()
             raise Overloaded(

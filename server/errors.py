@@ -31,6 +31,10 @@ class ImageTooLarge(ApiError):
     status, code = 413, "image_too_large"
 
 
+class TooManyImages(ApiError):
+    status, code = 413, "too_many_images"
+
+
 class NotFound(ApiError):
     status, code = 404, "not_found"
 

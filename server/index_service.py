@@ -250,17 +250,13 @@ class IndexService:
 
     def thumbnail(self, item_id: str) -> tuple[bytes, str]:
         """(WebP bytes, ETag) of a live item."""
-        store = self.require_index()
-        with store.lock:
-            if item_id not in store.row_of:
-                raise NotFound(f"no item with id {item_id!r} in the index")
-            data, etag = store.thumbnails.get(item_id), store.thumbnails.etag(item_id)
-        if data is None or etag is None:
+        found = self.require_index().thumbnail(item_id)
+        if found is None:
             raise NotFound(
                 f"item {item_id!r} has no thumbnail (added as a vector, or indexed with "
                 "--thumbnail-size 0)"
             )
-        return data, etag
+        return found
 
     async def _search(self, queries: np.ndarray, plan: SearchPlan) -> Hits:
         """The index's hits for queries [n, >= the dims the plan uses], off the event loop."""

@@ -93,6 +93,6 @@ def test_a_pre_move_index_folder_opens_and_searches(pre_move):
             "train-1",
             "train-2",
         ]
-        assert store.thumbnails.get("train-0")
+        assert store.thumbnail("train-0")
     finally:
         store.close()

@@ -305,3 +305,37 @@ def test_searches_leave_nothing_of_the_vectors_file_mapped(tmp_path):
     store.search(x[:5], SearchPlan(10, 8, 32, 100, knobs=SearchKnobs(nprobe=4), use_ann=True))
     with open(maps) as f:
         assert "vectors-" not in f.read()
+
+
+def test_a_deleted_items_thumbnail_never_comes_back(tmp_path):
+    """A thumbnail belongs to one add: an id deleted and re-added as a vector has none, after
+    a restart (log replay), after compaction and on a read replica."""
+    from index.errors import ThumbnailDamaged
+
+    x = matryoshka_vectors(3, 32, seed=3)
+    store = open_store(tmp_path / "i")
+    store.add(items(["secret-1", "keep"]), x[:2], {"secret-1": b"image-1", "keep": b"k"})
+    assert store.thumbnail("secret-1")[0] == b"image-1"
+    store.delete("secret-1")
+    with pytest.raises(ItemNotFound):
+        store.thumbnail("secret-1")
+    store.add(items(["secret-1"]), x[2:])
+    assert store.thumbnail("secret-1") is None and store.thumbnail("keep")[0] == b"k"
+    replica = open_store(tmp_path / "i", writable=False)
+    assert replica.thumbnail("secret-1") is None
+    replica.close()
+    again = open_store(tmp_path / "i")  # no close(): the log is replayed
+    assert again.thumbnail("secret-1") is None
+    again.compact()
+    again.close()
+    reopened = open_store(tmp_path / "i", writable=False)
+    assert reopened.thumbnail("secret-1") is None and reopened.thumbnail("keep")[0] == b"k"
+    etag = reopened.thumbnail("keep")[1]
+    assert etag == f'"{__import__("zlib").crc32(b"k"):08x}"'  # the content's checksum
+    reopened.close()
+    # The blob replaced underneath: the checksum refuses the bytes instead of serving them.
+    (tmp_path / "i" / "thumbnails.bin").write_bytes(b"Z" * 20)
+    damaged = open_store(tmp_path / "i", writable=False)
+    with pytest.raises(ThumbnailDamaged, match="checksum"):
+        damaged.thumbnail("keep")
+    damaged.close()

@@ -129,3 +129,30 @@ def test_without_an_index_item_routes_say_so(checkpoint):
         assert c.get("/").status_code == 200
         r = c.get("/v1/items?sample=1")
         assert r.status_code == 409 and "no index" in r.json()["detail"]
+
+
+def test_a_deleted_items_thumbnail_is_not_served_for_a_re_added_id(
+    checkpoint, tmp_path, tiny_dataset
+):
+    image = split(tiny_dataset)[5]["image"]
+    settings = {"checkpoint": checkpoint, "index_dir": tmp_path / "index", "create_index": True}
+    with client_for(**settings) as writer:
+        add = {"items": [{"id": "secret-1", "image": png_b64(image)}]}
+        assert writer.post("/v1/index/items", json=add, headers=AUTH).status_code == 200
+        assert writer.get("/v1/items/secret-1/thumbnail").status_code == 200
+        assert writer.delete("/v1/index/items/secret-1", headers=AUTH).status_code == 200
+        assert writer.get("/v1/items/secret-1/thumbnail").status_code == 404
+        again = {"items": [{"id": "secret-1", "vector": [0.5] * 64}]}
+        assert writer.post("/v1/index/items", json=again, headers=AUTH).status_code == 200
+        assert writer.get("/v1/items/secret-1/thumbnail").status_code == 404
+    with client_for(**settings, read_only=True) as replica:  # after a restart, read-only
+        assert replica.get("/v1/items/secret-1/thumbnail").status_code == 404
+
+
+def test_a_request_larger_than_the_queue_can_ever_hold_is_413_not_503(checkpoint, tiny_dataset):
+    image = png_b64(split(tiny_dataset)[0]["image"])
+    with client_for(checkpoint=checkpoint, max_queue=1, max_batch_size=1) as c:
+        r = c.post("/v1/embed", json={"images": [image, image], "dim": 8})
+        assert r.status_code == 413 and "retry-after" not in r.headers
+        assert "send at most 1 images per request" in r.json()["detail"]
+        assert c.post("/v1/embed", json={"images": [image], "dim": 8}).status_code == 200

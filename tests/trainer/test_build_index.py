@@ -81,7 +81,7 @@ def test_thumbnails_are_stored_under_the_path_ids(checkpoint, folder, tmp_path):
     items = build(checkpoint, folder, tmp_path / "index", "test")
     store = IndexStore(tmp_path / "index", read_manifest(tmp_path / "index"), writable=False)
     try:
-        assert all(store.thumbnails.get(it["id"]) for it in items)
+        assert all(store.thumbnail(it["id"]) for it in items)
     finally:
         store.close()
 

@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from core.device import to_device
-from core.preprocess import decode_rgb, resize_center_crop
+from core.preprocess import central_window, decode_rgb, resize_center_crop
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -41,6 +41,10 @@ def pil_decode(data: bytes, size: int) -> torch.Tensor:
 
 
 def _resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    box = central_window(images.shape[-1], images.shape[-2])
+    if box is not None:  # the same bounded window as the PIL path
+        left, top, right, bottom = box
+        images = images[..., top:bottom, left:right]
     return F.center_crop(F.resize(images, [size], antialias=True), [size, size])
 
 
