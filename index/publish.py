@@ -13,7 +13,9 @@ import numpy as np
 
 from core.cli import UsageError
 from index.dims import write_dims_report
-from index.store import write_generation
+from index.folder import publish_manifest
+from index.store import read_manifest, write_generation
+from index.thumbnails import Thumbnails
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def publish_index(
         raise UsageError(str(e)) from None
     if extra is not None:
         extra(tmp)
+    count_thumbnails(tmp)
     write_dims_report(tmp, list(nesting_list), search.eval_json)
     _publish(tmp, out)
 
@@ -71,3 +74,11 @@ def _publish(tmp: Path, out: Path) -> None:
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def count_thumbnails(folder: Path) -> None:
+    """Record in the manifest how many thumbnail records the log must hold from now on."""
+    thumbs = Thumbnails(folder, writable=False)
+    records = thumbs.records
+    thumbs.close()
+    publish_manifest(folder, {**read_manifest(folder), "thumbnail_records": records})

@@ -30,6 +30,7 @@ import numpy as np
 from index.ann import AnnIndex, build_ann
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, refuse_orphans, remove_stale
+from index.integrity import checksums, verify_once
 from index.plan import SearchPlan
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
@@ -107,6 +108,7 @@ def write_generation(
         "wal": f"wal-{generation}.jsonl",
         "wal_records": 0,
     }
+    manifest["checksums"] = checksums(directory, manifest)
     publish_manifest(directory, manifest)
 
 
@@ -155,7 +157,7 @@ class IndexStore:
             self._apply(record)
         self.ops_since_compaction = len(records)
         self._wal = WriteAheadLog(directory / manifest["wal"], valid) if writable else None
-        self.thumbnails = Thumbnails(directory, writable)
+        self.thumbnails = Thumbnails(directory, writable, manifest.get("thumbnail_records"))
 
     @classmethod
     def open(
@@ -167,8 +169,10 @@ class IndexStore:
         writable: bool,
         create: dict[str, Any] | None = None,
         options: VectorOptions | None = None,
+        verify: bool = True,
     ) -> IndexStore:
-        """Open (or, writable and given `create` info, start empty) and check the checkpoint.
+        """Open (or, writable and given `create` info, start empty) and check the checkpoint
+        and, with `verify`, every generation file's checksum (index.integrity).
 
         The writer then removes generation files no manifest names (left by a kill).
         """
@@ -180,7 +184,7 @@ class IndexStore:
                 write_generation(directory, 0, width, 0, [], [], info)
         for attempt in range(3):
             try:
-                store = cls._open_checked(directory, fingerprint, width, writable, options)
+                store = cls._open_checked(directory, fingerprint, width, writable, options, verify)
                 break
             except IndexFolderError:
                 if attempt == 2 or writable:
@@ -198,6 +202,7 @@ class IndexStore:
         width: int,
         writable: bool,
         options: VectorOptions | None = None,
+        verify: bool = True,
     ) -> IndexStore:
         manifest = read_manifest(directory)
         if manifest.get("fingerprint") != fingerprint:
@@ -212,6 +217,8 @@ class IndexStore:
                 f"index {directory} holds {manifest.get('width')}-dim vectors but the "
                 f"checkpoint embeds at {width}"
             )
+        if verify:
+            verify_once(directory, manifest)
         try:
             return cls(directory, manifest, writable, options)
         except (OSError, ValueError, KeyError) as e:
@@ -295,7 +302,11 @@ class IndexStore:
             raise RuntimeError("this index store was opened read-only")
         self._wal.append(record)
         self.ops_since_compaction += 1
-        self.manifest = {**self.manifest, "wal_records": self.ops_since_compaction}
+        self.manifest = {
+            **self.manifest,
+            "wal_records": self.ops_since_compaction,
+            "thumbnail_records": self.thumbnails.records,
+        }
         publish_manifest(self.directory, self.manifest)
 
     def _apply(self, record: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from index.errors import IndexFolderError
 from index.wal import WriteAheadLog, read_records
 
 BLOB = "thumbnails.bin"
@@ -46,17 +47,38 @@ def make_thumbnail(image: Image.Image, size: int = SIZE) -> bytes:
 class Thumbnails:
     """Id -> thumbnail bytes for one index folder; `writable` allows adding more."""
 
-    def __init__(self, directory: Path, writable: bool):
+    def __init__(self, directory: Path, writable: bool, expected_records: int | None = None):
         self.directory = Path(directory)
         self.writable = writable
         self.where: dict[str, Ref] = {}
         records, self._valid = read_records(self.directory / LOG)
+        self.records = len(records)
+        self._check(records, expected_records)
         for record in records:
             self._apply(record)
         self._log: WriteAheadLog | None = None
         self._fd: int | None = None
         if (self.directory / BLOB).exists():
             self._open()
+
+    def _check(self, records: list[dict], expected: int | None) -> None:
+        """The log holds every record the manifest counts, and the blob every byte they name."""
+        if expected is not None and len(records) < expected:
+            log = self.directory / LOG
+            state = "is missing" if not log.exists() else f"holds {len(records)} intact records"
+            raise IndexFolderError(
+                f"{log} {state} but manifest.json counts {expected}: thumbnails of acknowledged "
+                "items would be lost; restore it or rebuild the index"
+            )
+        ends = (o + n for r in records for o, n in zip(r["offsets"], r["lengths"], strict=True))
+        end = max(ends, default=0)
+        blob = self.directory / BLOB
+        size = blob.stat().st_size if blob.exists() else 0
+        if size < end:
+            raise IndexFolderError(
+                f"{blob} holds {size} bytes but its log points up to byte {end}: it was deleted "
+                "or truncated; restore it or rebuild the index"
+            )
 
     def _open(self) -> None:
         """The blob (and, for a writer, the log: cutting a torn tail); files made on first add."""
@@ -123,6 +145,7 @@ class Thumbnails:
             offset += len(data)
         os.fsync(self._fd)
         self._log.append(record)
+        self.records += 1
         self._apply(record)
         return {item_id: self.where[item_id] for item_id, _ in pairs}
 

@@ -63,6 +63,7 @@ class IndexService:
             writable=writable,
             create=create if writable and self.settings.create_index else None,
             options=self.settings.vector_options(gpu_count()),
+            verify=self.settings.verify_index,
         )
 
     def _neighbour_quantiles(self) -> dict[int, list[float]]:

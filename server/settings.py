@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     )
     faiss_gpu: bool = Field(True, description="search the ANN on a GPU when FAISS sees one")
     compact_every: int = Field(1000, ge=1, description="compact the write-ahead log after N ops")
+    verify_index: bool = Field(
+        True,
+        description="check every generation file's checksum and the vectors' finiteness when "
+        "an index generation is opened (reads the folder once; off for huge folders)",
+    )
     reload_interval_s: float = Field(
         2.0, ge=0, description="read-only: poll the index folder for changes; 0 = never"
     )

@@ -1,0 +1,71 @@
+"""Checksums of a generation's files, recorded in the manifest when the generation is written
+and checked when a folder is opened: a flipped byte in `items-0.jsonl` or a NaN written into
+`vectors-0.npy` is refused with one line instead of served. Opening a huge folder reads every
+byte once (docs/RELIABILITY.md has the cost); `verify=False` (MOCO_VERIFY_INDEX=false) skips it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.errors import IndexFolderError
+
+CHUNK = 16 << 20
+ROWS = 65536
+_verified: set[tuple[str, str]] = set()  # (folder, its checksums): a reload does not reread
+
+
+def crc32_of(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            crc = zlib.crc32(block, crc)
+    return f"crc32:{crc:08x}"
+
+
+def generation_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a generation is made of (its log grows after it, so it has no checksum)."""
+    files = [manifest["vectors"], manifest["items"]]
+    if manifest.get("ann"):
+        files.append(manifest["ann"]["file"])
+    return files
+
+
+def checksums(directory: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    return {name: crc32_of(directory / name) for name in generation_files(manifest)}
+
+
+def verify_generation(directory: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest checksums matches, and every stored vector is finite."""
+    for name, expected in (manifest.get("checksums") or {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise IndexFolderError(f"index {directory}: {name} is missing")
+        got = crc32_of(path)
+        if got != expected:
+            raise IndexFolderError(
+                f"index {directory}: {name} fails its checksum ({got}, manifest.json says "
+                f"{expected}): the file was changed or damaged; restore it or rebuild the index"
+            )
+    vectors = np.load(directory / manifest["vectors"], mmap_mode="r")
+    for start in range(0, len(vectors), ROWS):
+        block = np.asarray(vectors[start : start + ROWS])
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            raise IndexFolderError(
+                f"index {directory}: {manifest['vectors']} row {start + int(bad[0])} holds NaN "
+                "or inf: no search could find that item; rebuild the index"
+            )
+
+
+def verify_once(directory: Path, manifest: dict[str, Any]) -> None:
+    """verify_generation, once per generation per process (read replicas reopen often)."""
+    key = (str(Path(directory).resolve()), repr(sorted((manifest.get("checksums") or {}).items())))
+    if not manifest.get("checksums") or key not in _verified:
+        verify_generation(directory, manifest)
+        if manifest.get("checksums"):
+            _verified.add(key)

@@ -1,0 +1,113 @@
+"""Every file a server trusts on start is verified: generation checksums, finite vectors, the
+thumbnail log's record count and blob, each thumbnail's checksum; `python -m index.verify`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from support import matryoshka_vectors
+
+from core.cli import UsageError
+from index import integrity
+from index.errors import IndexFolderError
+from index.store import IndexStore, read_manifest
+from index.thumbnails import BLOB, LOG
+from index.verify import main as verify_main
+
+FP = "f" * 16
+CREATE = {"checkpoint": "test.pt", "nesting_list": [8, 16, 32]}
+
+
+def open_store(path, writable=True, verify=True):
+    return IndexStore.open(
+        path, FP, 32, writable=writable, create=CREATE if writable else None, verify=verify
+    )
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A compacted folder (checksummed generation 1) with thumbnails, then some logged edits."""
+    path = tmp_path / "i"
+    store = open_store(path)
+    x = matryoshka_vectors(6, 32, seed=0)
+    ids = [f"r{i}" for i in range(4)]
+    items = [{"id": i, "label": n, "metadata": {"class": "rings"}} for n, i in enumerate(ids)]
+    store.add(items, x[:4], {i: f"thumb-{i}".encode() for i in ids})
+    store.compact()
+    store.add([{"id": "late", "label": 9, "metadata": None}], x[4:5], {"late": b"late!"})
+    store.close()
+    integrity._verified.clear()  # each test opens its folder as a fresh process would
+    return path
+
+
+def reopen_refused(path, match):
+    integrity._verified.clear()
+    with pytest.raises(IndexFolderError, match=match):
+        open_store(path, writable=False)
+    with pytest.raises(UsageError):
+        verify_main([str(path)])
+
+
+def test_a_healthy_folder_opens_and_verifies(folder, capsys):
+    manifest = read_manifest(folder)
+    assert set(manifest["checksums"]) == {manifest["vectors"], manifest["items"]}
+    assert manifest["thumbnail_records"] == 2
+    open_store(folder, writable=False).close()
+    assert verify_main([str(folder)]) == 0
+    assert "ok (generation 1, 4 rows + 1 logged edits, 5 thumbnails" in capsys.readouterr().out
+
+
+def test_a_flipped_byte_in_the_items_is_refused(folder):
+    items = folder / read_manifest(folder)["items"]
+    items.write_bytes(items.read_bytes().replace(b"rings", b"rin=s", 1))
+    reopen_refused(folder, "items-1.jsonl fails its checksum")
+
+
+def test_a_nan_in_the_vectors_is_refused_even_without_checksums(folder):
+    manifest = read_manifest(folder)
+    vectors = np.load(folder / manifest["vectors"], mmap_mode="r+")
+    vectors[2, 5] = np.nan
+    vectors.flush()
+    del vectors
+    reopen_refused(folder, "fails its checksum")
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "checksums": None}))
+    reopen_refused(folder, "row 2 holds NaN or inf")
+    integrity._verified.clear()
+    open_store(folder, writable=False, verify=False).close()  # MOCO_VERIFY_INDEX=false
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda f: (f / BLOB).unlink(), "deleted or truncated"),
+        (lambda f: (f / BLOB).write_bytes(b""), "deleted or truncated"),
+        (lambda f: (f / BLOB).write_bytes((f / BLOB).read_bytes()[:10]), "deleted or truncated"),
+        (lambda f: (f / LOG).unlink(), "thumbnails.jsonl is missing but manifest.json counts 2"),
+        (lambda f: (f / LOG).write_bytes(b""), "holds 0 intact records"),
+        (lambda f: (f / LOG).write_bytes(flip_last(f / LOG)), "holds 1 intact records"),
+    ],
+    ids=["blob-deleted", "blob-emptied", "blob-truncated", "log-deleted", "log-emptied", "flip"],
+)
+def test_damaged_thumbnail_files_are_refused_never_served(folder, damage, match):
+    damage(folder)
+    reopen_refused(folder, match)
+
+
+def test_garbled_thumbnail_bytes_fail_their_checksum(folder, capsys):
+    blob = folder / BLOB
+    blob.write_bytes(b"X" * blob.stat().st_size)  # same length: only the checksums can tell
+    store = open_store(folder, writable=False)
+    with pytest.raises(Exception, match="checksum"):
+        store.thumbnail("r1")
+    store.close()
+    with pytest.raises(UsageError):
+        verify_main([str(folder)])
+    assert "5 thumbnails fail their checksum" in capsys.readouterr().err
+
+
+def flip_last(path) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    return bytes(data)
