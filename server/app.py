@@ -124,7 +124,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     openapi.install(app)
-    app.add_middleware(EmbedFastPath)  # inside the two below: limits and metrics still apply
+    if settings.fast_path:  # inside the two below: limits and metrics still apply
+        app.add_middleware(EmbedFastPath)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -16,6 +16,7 @@ from fastapi import UploadFile
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -95,7 +96,20 @@ Image64 = Annotated[
 Images = Annotated[list[Image64], Field(min_length=1, max_length=MAX_BATCH)]
 Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)]
 Vector = Annotated[list[Float32], Field(min_length=1, max_length=MAX_DIM)]
-Dim = Annotated[int, Field(ge=1, le=MAX_DIM, description="a nesting dim of the checkpoint")]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON `true` would otherwise be read as dim 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, not {str(value).lower()}")
+    return value
+
+
+Dim = Annotated[
+    int,
+    BeforeValidator(_not_a_bool),
+    Field(ge=1, le=MAX_DIM, description="a nesting dim of the checkpoint"),
+]
 
 
 class Strict(BaseModel):

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     )
     faiss_gpu: bool = Field(True, description="search the ANN on a GPU when FAISS sees one")
     compact_every: int = Field(1000, ge=1, description="compact the write-ahead log after N ops")
+    fast_path: bool = Field(
+        True,
+        description="answer well-formed embed requests without FastAPI's per-request machinery "
+        "(same answers; off to rule it out when debugging)",
+    )
     verify_index: bool = Field(
         True,
         description="check every generation file's checksum and the vectors' finiteness when "

@@ -42,6 +42,14 @@ async def get_thumbnail(
 ) -> Response:
     data, etag = svc.index.thumbnail(item_id)
     headers = {"ETag": etag, "Cache-Control": THUMBNAIL_CACHE, "X-Content-Type-Options": "nosniff"}
-    if if_none_match == etag:
+    if matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=MEDIA_TYPE, headers=headers)
+
+
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*`, or a list of entity tags compared weakly (W/ ignored)."""
+    if if_none_match is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import random
@@ -9,9 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from support import Server, matryoshka_vectors, train_tiny
 
 from index.store import IndexStore
@@ -19,7 +24,8 @@ from index.store import IndexStore
 pytestmark = pytest.mark.slow
 KEY = "durability-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-ROUNDS = 6
+# `MOCO_KILL_ROUNDS=30 make test-slow` for the long campaign (docs/RELIABILITY.md).
+ROUNDS = int(os.environ.get("MOCO_KILL_ROUNDS", "6"))
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +47,18 @@ class Ledger:
         self.acked_adds: set[str] = set()
         self.sent_deletes: set[str] = set()
         self.acked_deletes: set[str] = set()
+        self.images: set[str] = set()  # ids last sent with an image (their thumbnail's colour)
+
+
+def colour(item_id: str) -> tuple[int, int, int]:
+    h = zlib.crc32(item_id.encode())
+    return h & 255, (h >> 8) & 255, (h >> 16) & 255
+
+
+def png_of(item_id: str) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 24), colour(item_id)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def writes_until_killed(server: Server, start: int, ledger: Ledger) -> None:
@@ -61,6 +79,9 @@ def writes_until_killed(server: Server, start: int, ledger: Ledger) -> None:
                 items = [
                     {"id": x, "vector": vectors[i].tolist(), "metadata": {"i": i}} for x in ids
                 ]
+                if rng.random() < 0.3:  # an image item: its thumbnail must come back, exactly
+                    items[0] = {"id": ids[0], "image": png_of(ids[0])}
+                    ledger.images.add(ids[0])
                 ledger.sent_adds.update(ids)
                 if client.post("/v1/index/items", json={"items": items}).status_code == 200:
                     ledger.acked_adds.update(ids)
@@ -97,8 +118,21 @@ def test_kill_9_loop_loses_no_acknowledged_write(checkpoint, tmp_path):
         assert ids <= ledger.sent_adds
         assert size == len(ids)
         assert len(ledger.acked_adds) > 100 and len(ledger.acked_deletes) > 10
+        wrong = [i for i in ids if not thumbnail_is_right(server, i, i in ledger.images)]
+        assert not wrong, wrong[:5]
     finally:
         server.stop()
+
+
+def thumbnail_is_right(server: Server, item_id: str, has_image: bool) -> bool:
+    """An image item's thumbnail is its own picture; a vector item has none."""
+    r = httpx.get(f"{server.url}/v1/items/{item_id}/thumbnail")
+    if not has_image:
+        return r.status_code == 404
+    if r.status_code != 200:
+        return False
+    mean = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), np.float32).mean((0, 1))
+    return bool(np.abs(mean - colour(item_id)).max() < 12)
 
 
 def read_ids(index) -> set[str]:

@@ -156,3 +156,28 @@ def test_a_request_larger_than_the_queue_can_ever_hold_is_413_not_503(checkpoint
         assert r.status_code == 413 and "retry-after" not in r.headers
         assert "send at most 1 images per request" in r.json()["detail"]
         assert c.post("/v1/embed", json={"images": [image], "dim": 8}).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["*", 'W/"{etag}"', '"nope", "{etag}"', ' W/"x" , W/"{etag}" '])
+def test_if_none_match_star_weak_and_lists_get_304(client, header):
+    item = client.get("/v1/items?sample=1").json()["items"][0]["id"]
+    etag = client.get(f"/v1/items/{item}/thumbnail").headers["etag"]
+    r = client.get(
+        f"/v1/items/{item}/thumbnail",
+        headers={"If-None-Match": header.format(etag=etag.strip('"'))},
+    )
+    assert r.status_code == 304 and r.headers["etag"] == etag
+    other = client.get(f"/v1/items/{item}/thumbnail", headers={"If-None-Match": '"other"'})
+    assert other.status_code == 200
+
+
+def test_a_boolean_is_not_a_dim_and_the_fast_path_can_be_switched_off(checkpoint, tiny_dataset):
+    image = png_b64(split(tiny_dataset)[0]["image"])
+    for fast_path in (True, False):
+        with client_for(checkpoint=checkpoint, fast_path=fast_path) as c:
+            r = c.post("/v1/embed", json={"images": [image], "dim": True})
+            assert r.status_code == 422 and "not true" in r.json()["detail"], r.text
+            ok = c.post("/v1/embed", json={"images": [image], "dim": 8})
+            assert ok.status_code == 200 and len(ok.json()["embeddings"][0]) == 8
+            installed = [m.cls.__name__ for m in c.app.user_middleware]
+            assert ("EmbedFastPath" in installed) == fast_path
