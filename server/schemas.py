@@ -91,7 +91,12 @@ Metadata = Annotated[
 ]
 Image64 = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_IMAGE_CHARS, description="base64 image file (or data: URI)"),
+    Field(
+        min_length=1,
+        max_length=MAX_IMAGE_CHARS,
+        description="base64 image file (or data: URI)",
+        json_schema_extra={"format": "byte"},  # OpenAPI's name for base64 text
+    ),
 ]
 Images = Annotated[list[Image64], Field(min_length=1, max_length=MAX_BATCH)]
 Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)]

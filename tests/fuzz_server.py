@@ -58,12 +58,27 @@ def prepare(work: Path) -> Path:
 
 
 def requests_by_status(url: str) -> Counter:
+    """Requests counted by the server's /metrics, by (method, endpoint, status)."""
     counts: Counter = Counter()
     for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
         for sample in family.samples:
             if sample.name == "moco_requests_total":
-                counts[sample.labels["status"]] += int(sample.value)
+                labels = sample.labels
+                counts[labels["method"], labels["endpoint"], labels["status"]] += int(sample.value)
     return counts
+
+
+def post_reach(counts: Counter) -> dict[str, float]:
+    """Per POST endpoint, the share of generated requests a handler answered 2xx: the rest
+    stopped at validation (a 4xx), so they did not fuzz the handler."""
+    out = {}
+    for endpoint in sorted({e for m, e, _ in counts if m == "POST"}):
+        total = sum(n for (m, e, _), n in counts.items() if m == "POST" and e == endpoint)
+        ok = sum(
+            n for (m, e, s), n in counts.items() if m == "POST" and e == endpoint and s[0] == "2"
+        )
+        out[endpoint] = round(ok / total, 4) if total else 0.0
+    return out
 
 
 def main() -> int:
@@ -136,8 +151,11 @@ def main() -> int:
         ]
         print("+ st run", url, flush=True)
         started = time.monotonic()
+        hooks = {"SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": str(ROOT / "tests")}
         with open(work / "st.txt", "w") as out:
-            code = subprocess.run(st, cwd=work, stdout=out, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(
+                st, cwd=work, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **hooks}
+            ).returncode
         elapsed = time.monotonic() - started
         output = (work / "st.txt").read_text()
         print(output[-6000:])
@@ -147,8 +165,11 @@ def main() -> int:
         server.wait(30)
         log.close()
 
-    statuses = {s: after[s] - before.get(s, 0) for s in sorted(after)}
-    statuses = {s: n for s, n in statuses.items() if n}
+    delta = Counter({k: after[k] - before.get(k, 0) for k in after})
+    statuses: dict[str, int] = {}
+    for (_, _, status), n in sorted(delta.items()):
+        if n:
+            statuses[status] = statuses.get(status, 0) + n
     total = sum(statuses.values())
     ok = sum(n for s, n in statuses.items() if s.startswith("2"))
     errors = sum(n for s, n in statuses.items() if s.startswith("5") and s != "503")
@@ -162,6 +183,7 @@ def main() -> int:
         "requests": total,
         "status_counts": statuses,
         "share_2xx": round(ok / total, 4) if total else 0.0,
+        "post_2xx_share_by_endpoint": post_reach(delta),
         "responses_5xx_excluding_503": errors,
         "phases": args.phases,
         "st_exit_code": code,

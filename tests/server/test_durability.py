@@ -89,6 +89,7 @@ def writes_until_killed(server: Server, start: int, ledger: Ledger) -> None:
                 return  # killed
 
 
+@pytest.mark.timeout(120 + 40 * ROUNDS)
 def test_kill_9_loop_loses_no_acknowledged_write(checkpoint, tmp_path):
     """Kill the writer at a random moment (mid-append, mid-compaction) again and again."""
     index = tmp_path / "index"
@@ -120,6 +121,13 @@ def test_kill_9_loop_loses_no_acknowledged_write(checkpoint, tmp_path):
         assert len(ledger.acked_adds) > 100 and len(ledger.acked_deletes) > 10
         wrong = [i for i in ids if not thumbnail_is_right(server, i, i in ledger.images)]
         assert not wrong, wrong[:5]
+        images = len(ledger.images & ids)
+        print(
+            f"kill -9 loop, {ROUNDS} rounds: {len(ledger.acked_adds)} acknowledged adds, "
+            f"{len(ledger.acked_deletes)} acknowledged deletes, {len(ids)} items at the end "
+            f"({images} with an image, every thumbnail checked): 0 lost, 0 resurrected, "
+            "0 wrong thumbnails"
+        )
     finally:
         server.stop()
 
