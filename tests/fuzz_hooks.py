@@ -37,4 +37,3 @@ IMAGES = st.builds(
 NOT_IMAGES = st.binary(min_size=1, max_size=64).map(lambda b: base64.b64encode(b).decode())
 
 schemathesis.openapi.format("byte", st.one_of(IMAGES, NOT_IMAGES))
-
