@@ -19,7 +19,7 @@ from server import openapi
 from server.errors import ApiError, MalformedBody, describe, from_index_error
 from server.fastpath import EmbedFastPath
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from server.middleware import BodyLimitMiddleware, HeadAsGet, MetricsMiddleware
 from server.routes import ROUTERS
 from server.service import Service
 from server.settings import Settings
@@ -128,4 +128,5 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         app.add_middleware(EmbedFastPath)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HeadAsGet)
     return app

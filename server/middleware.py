@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from server.metrics import Metrics
 from server.timing import Timing
 
@@ -145,3 +147,23 @@ class BodyLimitMiddleware:
                 "detail": f"request body is larger than the limit of {self.max_bytes} bytes",
             },
         )
+
+
+class HeadAsGet:
+    """HEAD on any GET route: the GET's status and headers without its body (RFC 9110)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)

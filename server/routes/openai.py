@@ -53,6 +53,9 @@ class OpenAIErrors(APIRoute):
                 return await handle(request)
             except RequestValidationError as e:
                 errors = list(e.errors())
+                if errors and errors[0].get("type") == "json_invalid":  # loc[1]: a byte offset
+                    message = "the body cannot be parsed as JSON (invalid JSON or not UTF-8)"
+                    return openai_error(400, message, MalformedBody.code, None)
                 loc = errors[0].get("loc", ()) if errors else ()
                 param = str(loc[1]) if len(loc) > 1 else None
                 return openai_error(400, describe(errors), "invalid_request", param)

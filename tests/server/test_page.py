@@ -181,3 +181,15 @@ def test_a_boolean_is_not_a_dim_and_the_fast_path_can_be_switched_off(checkpoint
             assert ok.status_code == 200 and len(ok.json()["embeddings"][0]) == 8
             installed = [m.cls.__name__ for m in c.app.user_middleware]
             assert ("EmbedFastPath" in installed) == fast_path
+
+
+def test_head_on_get_routes_and_invalid_json_on_the_openai_route(client):
+    for path in ("/healthz", "/v1/model", "/"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+    r = client.post(
+        "/v1/embeddings", content=b'{"input": ["x"], ', headers={"content-type": "application/json"}
+    )
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "malformed_body" and error["param"] is None
