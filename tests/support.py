@@ -163,3 +163,29 @@ class Server:
             self.proc.terminate()
             self.proc.wait(10)
         self.log.close()
+
+
+CHROMIUM = os.environ.get("MOCO_UI_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("MOCO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
+BROWSER_WAIT_S = 60
+
+
+def headless_chromium(*args: str):
+    """Debian's Chromium through Selenium (no driver download); skips when it is missing."""
+    import pytest
+
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: `make test-ui` installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    for arg in (*args, "--window-size=1400,1100"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
+    driver.set_page_load_timeout(BROWSER_WAIT_S)
+    return driver

@@ -17,14 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from support import Server, build_index, train_tiny
+from support import Server, build_index, headless_chromium, train_tiny
 
 from trainer.evaluate.cli import main as evaluate_main
 
 pytestmark = pytest.mark.ui
 
-CHROMIUM = os.environ.get("MOCO_UI_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("MOCO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT_S = 60
 MAX_PIXELS = 128 * 128  # above every indexed thumbnail, below the "too large" upload
 
@@ -50,19 +48,7 @@ def server(tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: `make test-ui` installs them")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1400,1100")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT_S)
+    driver = headless_chromium()
     yield driver
     driver.quit()
 

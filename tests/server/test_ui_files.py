@@ -4,19 +4,14 @@ assets. Run with `make test-ui` (marker `ui`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import httpx
 import pytest
-from support import Server, train_on_folder, write_image_folder
+from support import Server, headless_chromium, train_on_folder, write_image_folder
 
 from trainer.build_index import IndexBuildConfig, build_index_folder
 
 pytestmark = pytest.mark.ui
 
-CHROMIUM = os.environ.get("MOCO_UI_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("MOCO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT_S = 60
 # Every request that is not to this machine goes to a closed port: the page is offline.
 OFFLINE = ("--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1")
@@ -38,21 +33,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: `make test-ui` installs them")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    for arg in OFFLINE:
-        options.add_argument(arg)
-    options.add_argument("--window-size=1400,1100")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT_S)
+    driver = headless_chromium(*OFFLINE)
     yield driver
     driver.quit()
 
