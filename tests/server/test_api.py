@@ -33,11 +33,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
 def index_dir(checkpoint, tiny_dataset, tmp_path_factory):
     return build_index(checkpoint, tiny_dataset, tmp_path_factory.mktemp("idx") / "index")
 

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from support import Server, matryoshka_vectors, train_tiny
+from support import Server, matryoshka_vectors
 
 from index.store import IndexStore
 
@@ -26,11 +26,6 @@ KEY = "durability-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # `MOCO_KILL_ROUNDS=30 make test-slow` for the long campaign (docs/RELIABILITY.md).
 ROUNDS = int(os.environ.get("MOCO_KILL_ROUNDS", "6"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
 
 
 def generation_files(index):

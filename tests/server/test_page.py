@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from support import build_index, png_b64, split, train_tiny
+from support import build_index, png_b64, split
 
 from server.app import create_app
 from server.routes.page import STATIC
@@ -19,11 +19,6 @@ from server.settings import Settings
 
 KEY = "page-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from support import matryoshka_vectors, train_tiny
+from support import matryoshka_vectors
 
 from core.checkpoint import load_checkpoint
 from index.store import IndexStore
@@ -16,11 +16,6 @@ from server.settings import Settings
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture

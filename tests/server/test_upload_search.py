@@ -9,16 +9,11 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
-from support import build_index, split, train_tiny
+from support import build_index, split
 
 from index.dims import percentile_of
 from server.app import create_app
 from server.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

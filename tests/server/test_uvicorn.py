@@ -20,17 +20,11 @@ from support import (
     matryoshka_vectors,
     png_b64,
     split,
-    train_tiny,
 )
 
 from core.nesting import truncate_normalize_np
 
 KEY = "uvicorn-key"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture
