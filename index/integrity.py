@@ -16,7 +16,7 @@ from index.errors import IndexFolderError
 
 CHUNK = 16 << 20
 ROWS = 65536
-_verified: set[tuple[str, str]] = set()  # (folder, its checksums): a reload does not reread
+_verified: set[tuple[str, str, str]] = set()  # (folder, generation, checksums): no reread
 
 
 def crc32_of(path: Path) -> str:
@@ -64,8 +64,8 @@ def verify_generation(directory: Path, manifest: dict[str, Any]) -> None:
 
 def verify_once(directory: Path, manifest: dict[str, Any]) -> None:
     """verify_generation, once per generation per process (read replicas reopen often)."""
-    key = (str(Path(directory).resolve()), repr(sorted((manifest.get("checksums") or {}).items())))
-    if not manifest.get("checksums") or key not in _verified:
+    checked = (manifest.get("checksums") or {}).items()
+    key = (str(Path(directory).resolve()), manifest["vectors"], repr(sorted(checked)))
+    if key not in _verified:
         verify_generation(directory, manifest)
-        if manifest.get("checksums"):
-            _verified.add(key)
+        _verified.add(key)

@@ -9,7 +9,8 @@ Folder layout (one generation is current; manifest.json names its files):
   items-<g>.jsonl      one {"id", "label", "metadata"} per row
   wal-<g>.jsonl        mutations since generation g (index.wal), replayed on open; the
                        manifest counts the records it must hold (index.folder)
-  thumbnails.*         item thumbnails by id, across generations (index.thumbnails)
+  thumbnails.*         item thumbnails across generations: an added item carries its own
+                       reference, a built one is found by id (index.thumbnails)
   dims.json            optional: per-dim quality (the checkpoint's eval) and build-time latency
 Compaction writes generation g+1 (rebuilding the ANN over the live rows) and swaps
 manifest.json atomically (the commit point).

@@ -29,6 +29,7 @@ from trainer.config import TrainConfig, parse_train_args
 from trainer.data.datasets import Splits, TrainData, read_splits
 from trainer.data.survey import SplitRecord, image_size_line, median_image_size
 from trainer.distributed import process_group as dist
+from trainer.distributed.env import DistEnv
 from trainer.loss import MoCoMatryoshkaLoss, build_loss
 from trainer.moco import MoCo, build_moco
 from trainer.progress import ProgressLine, Reporter, quiet_library_bars
@@ -149,7 +150,7 @@ class Run:
     """Everything set up once and used by every step."""
 
     cfg: TrainConfig
-    env: dist.DistEnv
+    env: DistEnv
     device: torch.device
     data: TrainData
     model: MoCo
@@ -228,7 +229,7 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
     return finish(run, step, history, stopped=False)
 
 
-def place_model(cfg: TrainConfig, env: dist.DistEnv, device: torch.device) -> MoCo:
+def place_model(cfg: TrainConfig, env: DistEnv, device: torch.device) -> MoCo:
     """The MoCo model on its device: SyncBatchNorm across ranks if asked, channels-last on GPU,
     compiled in place if asked (the state_dict keys, and so the checkpoint, stay the same)."""
     model = build_moco(cfg, bn_splits=cfg.bn_splits if env.world_size == 1 else 1)
@@ -298,7 +299,7 @@ def setup(cfg: TrainConfig, environ) -> Run:
     )
 
 
-def fit_to_data(cfg: TrainConfig, splits: Splits, env: dist.DistEnv) -> TrainConfig:
+def fit_to_data(cfg: TrainConfig, splits: Splits, env: DistEnv) -> TrainConfig:
     """The queue and batch sized to the train split (trainer.sizing) and checked; rank 0 then
     says what was chosen, the split sizes and the image size: stated choices, not surprises."""
     n_train = len(splits.train)
