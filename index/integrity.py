@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import IndexFolderError
+from index.errors import IndexFolderError, UnstorableVectors
 
 CHUNK = 16 << 20
 ROWS = 65536
@@ -69,3 +69,28 @@ def verify_once(directory: Path, manifest: dict[str, Any]) -> None:
         verify_generation(directory, manifest)
         if manifest.get("checksums"):
             _verified.add(key)
+
+
+def check_storable(ids: list[str], vectors: np.ndarray, dtype: str, smallest_dim: int) -> None:
+    """Refuse an add the generation file cannot hold: compaction would write NaN/inf (refused
+    at every later start) or a smallest-dim prefix rounded to zeros (found by no search)."""
+    x = np.asarray(vectors, np.float32)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise UnstorableVectors(f"item {ids[bad[0]]!r}: its vector holds NaN or inf")
+    with np.errstate(over="ignore", under="ignore"):
+        cast = x.astype(dtype)
+    fix = "scale the vector (only its direction is searched) or use --store-dtype float32"
+    bad = np.flatnonzero(~np.isfinite(cast).all(axis=1))
+    if len(bad):
+        raise UnstorableVectors(
+            f"item {ids[bad[0]]!r}: this index stores {dtype} and the vector holds values "
+            f"beyond its range (+-{float(np.finfo(dtype).max):,.0f}); {fix}"
+        )
+    head = slice(0, smallest_dim)
+    bad = np.flatnonzero(~cast[:, head].any(axis=1) & x[:, head].any(axis=1))
+    if len(bad):
+        raise UnstorableVectors(
+            f"item {ids[bad[0]]!r}: this index stores {dtype} and the vector's first "
+            f"{smallest_dim} values round to zero in it: no search could find it; {fix}"
+        )

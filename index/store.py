@@ -30,7 +30,7 @@ import numpy as np
 from index.ann import AnnIndex, build_ann
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, refuse_orphans, remove_stale
-from index.integrity import checksums, verify_once
+from index.integrity import check_storable, checksums, verify_once
 from index.plan import SearchPlan
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
@@ -69,17 +69,11 @@ def write_generation(
     dtype = info.get("store_dtype", "float32")
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
-    out = np.lib.format.open_memmap(
-        directory / vec_name, mode="w+", dtype=dtype, shape=(count, width)
-    )
-    row = 0
-    for chunk in vector_chunks:
-        out[row : row + len(chunk)] = chunk
-        row += len(chunk)
-    if row != count:
-        raise ValueError(f"wrote {row} vectors, expected {count}")
-    out.flush()
-    del out
+    try:
+        write_vectors(directory / vec_name, dtype, count, width, vector_chunks)
+    except ValueError:
+        (directory / vec_name).unlink(missing_ok=True)  # never left for a later start
+        raise
     with open(directory / items_name, "w") as f:
         for item in items:
             f.write(json.dumps(item, separators=(",", ":")) + "\n")
@@ -110,6 +104,28 @@ def write_generation(
     }
     manifest["checksums"] = checksums(directory, manifest)
     publish_manifest(directory, manifest)
+
+
+def write_vectors(
+    path: Path, dtype: str, count: int, width: int, chunks: Iterable[np.ndarray]
+) -> None:
+    """The [count, width] vectors file, refusing NaN/inf (also from a float16 overflow): a
+    generation holding one would be refused at every start, so it is never written."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, width))
+    row = 0
+    for chunk in chunks:
+        with np.errstate(over="ignore"):
+            out[row : row + len(chunk)] = chunk
+        bad = np.flatnonzero(~np.isfinite(out[row : row + len(chunk)]).all(axis=1))
+        if len(bad):
+            raise ValueError(
+                f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no search "
+                "could find it; refusing to write the generation"
+            )
+        row += len(chunk)
+    if row != count:
+        raise ValueError(f"wrote {row} vectors, expected {count}")
+    out.flush()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -264,6 +280,9 @@ class IndexStore:
             taken = [it["id"] for it in items if it["id"] in self.row_of]
             if taken:
                 raise DuplicateIds(f"ids already in the index: {', '.join(taken[:10])}")
+            smallest = int((self.manifest.get("nesting_list") or [self.width])[0])
+            dtype = self.manifest.get("store_dtype", "float32")
+            check_storable([it["id"] for it in items], vectors, dtype, smallest)
             refs = self.thumbnails.add(thumbnails.items()) if thumbnails else {}
             items = [{**it, "thumbnail": refs.get(it["id"])} for it in items]
             record = {"op": "add", "items": items, "vectors": encode_vectors(vectors)}

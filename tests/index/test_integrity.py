@@ -111,3 +111,39 @@ def flip_last(path) -> bytes:
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x01
     return bytes(data)
+
+
+def test_a_float16_store_refuses_vectors_it_cannot_hold(tmp_path):
+    """A finite float32 vector beyond float16's range was acknowledged, then compaction wrote
+    it as inf and the folder refused to start ("rebuild the index"): refuse it at the add."""
+    from index.errors import UnstorableVectors
+
+    path = tmp_path / "i"
+    create = {**CREATE, "store_dtype": "float16"}
+    store = IndexStore.open(path, FP, 32, writable=True, create=create)
+    x = matryoshka_vectors(3, 32, seed=1)
+    huge, tiny = x[:1] * np.float32(1e6), x[1:2] * np.float32(1e-12)
+    for bad, what in ((huge, "beyond"), (tiny, "to zero")):
+        with pytest.raises(UnstorableVectors, match=f"item 'bad'.*float16.*{what}"):
+            store.add([{"id": "bad"}], bad)
+    store.add([{"id": "ok"}], x[2:] * np.float32(1000))
+    with pytest.raises(UnstorableVectors, match="NaN or inf"):
+        store.add([{"id": "nan"}], np.full((1, 32), np.nan, np.float32))
+    store.compact()
+    store.close()
+    integrity._verified.clear()
+    reopened = open_store(path, writable=False)
+    assert len(reopened) == 1
+    reopened.close()
+
+
+def test_a_generation_with_non_finite_vectors_is_never_written(tmp_path):
+    """An index build whose model emits NaN fails there, not at every later start."""
+    from index.store import write_generation
+
+    x = matryoshka_vectors(3, 32, seed=2)
+    x[1, 4] = np.inf
+    items = [{"id": f"r{i}"} for i in range(3)]
+    with pytest.raises(ValueError, match=r"vectors-0\.npy row 1 holds NaN or inf"):
+        write_generation(tmp_path, 0, 32, 3, [x], items, {"fingerprint": FP})
+    assert not (tmp_path / "manifest.json").exists()
