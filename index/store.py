@@ -18,6 +18,7 @@ manifest.json atomically (the commit point).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ from index.wal import WriteAheadLog, decode_vectors, encode_vectors, read_record
 FORMAT = "moco-matryoshka-index/1"
 CHUNK = 65536
 STORE_DTYPES = ("float32", "float16")
+log = logging.getLogger("index.store")
 
 
 class Hits(NamedTuple):
@@ -208,6 +210,7 @@ class IndexStore:
                 time.sleep(0.05)  # a reader may race the writer's compaction: read again
         if writable:
             remove_stale(directory, store.manifest)
+            store.record_missing_checks()
         return store
 
     @classmethod
@@ -266,6 +269,20 @@ class IndexStore:
 
     def __len__(self) -> int:
         return len(self.row_of)
+
+    def record_missing_checks(self) -> None:
+        """A folder written before checksums gets them once, from its files as they are now
+        (opened and checked): from then on a changed generation file or a shortened
+        thumbnail log is refused at start instead of served."""
+        missing: dict[str, Any] = {}
+        if not self.manifest.get("checksums"):
+            missing["checksums"] = checksums(self.directory, self.manifest)
+        if "thumbnail_records" not in self.manifest:
+            missing["thumbnail_records"] = self.thumbnails.records
+        if missing:
+            log.warning("recording %s in %s/manifest.json", " and ".join(missing), self.directory)
+            self.manifest = {**self.manifest, **missing}
+            publish_manifest(self.directory, self.manifest)
 
     # mutations -------------------------------------------------------------------------
 

@@ -147,3 +147,19 @@ def test_a_generation_with_non_finite_vectors_is_never_written(tmp_path):
     with pytest.raises(ValueError, match=r"vectors-0\.npy row 1 holds NaN or inf"):
         write_generation(tmp_path, 0, 32, 3, [x], items, {"fingerprint": FP})
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_the_writer_records_checksums_in_a_folder_written_before_them(folder):
+    """An older folder (no checksums, no thumbnail count) opens; the writer records both once,
+    so from then on a changed file or a deleted thumbnail log is refused, not served."""
+    manifest = read_manifest(folder)
+    old = {k: v for k, v in manifest.items() if k not in ("checksums", "thumbnail_records")}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    open_store(folder, writable=False).close()  # read replicas open it as it is
+    assert "checksums" not in read_manifest(folder)
+    open_store(folder).close()
+    upgraded = read_manifest(folder)
+    assert upgraded["checksums"] == manifest["checksums"]
+    assert upgraded["thumbnail_records"] == manifest["thumbnail_records"]
+    (folder / LOG).unlink()
+    reopen_refused(folder, "thumbnails.jsonl is missing but manifest.json counts 2")
