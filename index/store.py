@@ -30,7 +30,7 @@ import numpy as np
 
 from index.ann import AnnIndex, build_ann
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
-from index.folder import check_log, publish_manifest, refuse_orphans, remove_stale
+from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, verify_once
 from index.plan import SearchPlan
 from index.rowfile import RowFile
@@ -198,7 +198,7 @@ class IndexStore:
         if not (directory / "manifest.json").exists():
             refuse_orphans(directory)
             if writable and create is not None:
-                info = {**create, "fingerprint": fingerprint}
+                info = {**create, "fingerprint": fingerprint, "thumbnail_records": 0}
                 write_generation(directory, 0, width, 0, [], [], info)
         for attempt in range(3):
             try:
@@ -236,12 +236,10 @@ class IndexStore:
                 f"index {directory} holds {manifest.get('width')}-dim vectors but the "
                 f"checkpoint embeds at {width}"
             )
-        if verify:
-            verify_once(directory, manifest)
-        try:
+        with readable(directory):
+            if verify:
+                verify_once(directory, manifest)
             return cls(directory, manifest, writable, options)
-        except (OSError, ValueError, KeyError) as e:
-            raise IndexFolderError(f"index {directory} cannot be read ({e})") from None
 
     def _load_generation(self, manifest: dict[str, Any]) -> None:
         base = RowFile(self.directory / manifest["vectors"])

@@ -163,3 +163,50 @@ def test_the_writer_records_checksums_in_a_folder_written_before_them(folder):
     assert upgraded["thumbnail_records"] == manifest["thumbnail_records"]
     (folder / LOG).unlink()
     reopen_refused(folder, "thumbnails.jsonl is missing but manifest.json counts 2")
+
+
+def without_checksums(folder) -> dict:
+    """The manifest of a folder written before checksums (only the loaders can tell)."""
+    manifest = read_manifest(folder)
+    manifest.pop("checksums")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def cut(path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def edit_manifest(folder, **changes) -> None:
+    manifest = {**read_manifest(folder), **changes}
+    (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if v}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda f, m: cut(f / m["vectors"], 200), "cannot be read"),
+        (lambda f, m: (f / m["vectors"]).unlink(), "cannot be read"),
+        (lambda f, m: (f / m["items"]).unlink(), "cannot be read"),
+        (lambda f, m: (f / m["items"]).write_text("{not json\n" * 4), "cannot be read"),
+        (lambda f, m: cut(f / m["items"], 30), "cannot be read"),
+        (lambda f, m: edit_manifest(f, vectors=None), "cannot be read.*vectors"),
+        (lambda f, m: edit_manifest(f, wal_records="x"), "cannot be read"),
+        (lambda f, m: edit_manifest(f, thumbnail_records="2"), "cannot be read"),
+    ],
+    ids=[
+        "vectors-cut",
+        "vectors-deleted",
+        "items-deleted",
+        "items-garbled",
+        "items-cut",
+        "no-vectors-key",
+        "count-not-a-number",
+        "thumbnail-count-a-string",
+    ],
+)
+def test_an_older_folders_damaged_files_are_one_line_refusals_also_offline(folder, damage, match):
+    """Without checksums the loaders are the check: a traceback at start, and index.verify
+    said `ok` for a folder the server refuses (it never loaded the items)."""
+    damage(folder, without_checksums(folder))
+    reopen_refused(folder, match)
