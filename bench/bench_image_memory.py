@@ -1,7 +1,8 @@
 """Peak memory of decoding + preprocessing one accepted image, worst cases included: each case
 in a fresh process (ru_maxrss from the encoded bytes to the [3, S, S] tensor), the working
-tree's core.preprocess against the same file at earlier git revisions (`--baselines`). Prints
-the ratios, writes JSON (default docs/results/reliability/image-memory.json).
+tree's core.preprocess against the same file at earlier git revisions (BASELINES), and the
+thumbnail an image item's add makes. Prints the ratios, writes JSON (default
+docs/results/reliability/image-memory.json).
 
     python bench/bench_image_memory.py
 """
@@ -9,7 +10,6 @@ the ratios, writes JSON (default docs/results/reliability/image-memory.json).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import subprocess
@@ -18,16 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from common import write_result
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TALL = 16_777_216  # the tallest 1-pixel-wide image inside the server's default pixel limit
-# (width, height, PIL mode): a photo, the issue's 500,000 x 1 strip, and the tallest strip in
-# every mode family decode_rgb converts (alpha composited, palette, 16-bit rescaled).
+# (width, height, PIL mode): a photo, the largest square inside the limit, the issue's
+# 500,000 x 1 strip, and the tallest strip in every mode family decode_rgb converts.
 CASES = [
     (640, 480, "RGB"),
+    (4096, 4096, "RGB"),
+    (4096, 4096, "RGBA"),
     (500_000, 1, "RGB"),
     (1, TALL, "RGB"),
     (1, TALL, "RGBA"),
@@ -37,37 +37,53 @@ CASES = [
 ]
 # Earlier revisions of core/preprocess.py: before the bounded window (it needs ~5 KB per pixel
 # of width, so only the small cases run there) and the first window (resized, not converted).
-BASELINES = {"bb72f5b": {(640, 480, "RGB"), (500_000, 1, "RGB")}, "e8894b4": None}
+BASELINES = {
+    "bb72f5b": {(640, 480, "RGB"), (4096, 4096, "RGB"), (500_000, 1, "RGB")},
+    "e8894b4": None,
+}
 
 MEASURE = """
 import importlib.util, io, resource, sys, time
 from PIL import Image
 path, module, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-spec = importlib.util.spec_from_file_location("preprocess_under_test", module)
-pre = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pre)
+if module == "thumbnail":
+    from index.thumbnails import make_thumbnail as run
+else:
+    spec = importlib.util.spec_from_file_location("preprocess_under_test", module)
+    pre = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pre)
+    run = pre.EvalPreprocess(size, (0.5,) * 3, (0.5,) * 3).uint8
 data = open(path, "rb").read()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-out = pre.EvalPreprocess(size, (0.5,) * 3, (0.5,) * 3).uint8(Image.open(io.BytesIO(data)))
+image = Image.open(io.BytesIO(data))
+image.load()  # as the server does before either
+run(image)
 seconds = time.perf_counter() - start
-assert tuple(out.shape) == (3, size, size), out.shape
 print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, seconds)
 """
 
 
-def encode(w: int, h: int, mode: str) -> bytes:
-    """A PNG of that size and mode (a cheap pattern: the content does not change the cost)."""
-    channels = {"RGB": 3, "RGBA": 4, "LA": 2}.get(mode)
-    ramp = (np.arange(w * h) % 251).reshape(h, w)
-    if mode == "I;16":
-        image = Image.fromarray((ramp * 257).astype(np.uint16))
-    else:
-        pixels = np.repeat(ramp[..., None], channels, axis=2).astype(np.uint8)
-        image = Image.fromarray(pixels, mode)
-    buf = io.BytesIO()
-    image.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
+ENCODE = """
+import sys
+import numpy as np
+from PIL import Image
+path, w, h, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ramp = (np.arange(w * h) % 251).reshape(h, w)  # a cheap pattern: content does not change cost
+if mode == "I;16":
+    image = Image.fromarray((ramp * 257).astype(np.uint16))
+else:
+    channels = {"RGB": 3, "RGBA": 4, "LA": 2}[mode]
+    image = Image.fromarray(np.repeat(ramp[..., None], channels, axis=2).astype(np.uint8), mode)
+image.save(path, "PNG", compress_level=1)
+"""
+
+
+def encode(path: Path, w: int, h: int, mode: str) -> None:
+    """A PNG of that size and mode, made in another process: a child's peak RSS starts at its
+    parent's RSS when forked (Linux keeps the high-water mark across exec), so this process
+    must stay small for the measurements to mean anything."""
+    subprocess.run([sys.executable, "-c", ENCODE, str(path), str(w), str(h), mode], check=True)
 
 
 def module_at(rev: str | None, folder: Path) -> Path:
@@ -114,9 +130,10 @@ def main() -> int:
         folder = Path(tmp)
         modules = {"now": module_at(None, folder)}
         modules |= {rev: module_at(rev, folder) for rev in BASELINES}
+        modules["thumbnail"] = Path("thumbnail")  # index.thumbnails: an image item's add
         for w, h, mode in CASES:
             png = folder / "case.png"
-            png.write_bytes(encode(w, h, mode))
+            encode(png, w, h, mode)
             row = {"width": w, "height": h, "mode": mode, "png_bytes": png.stat().st_size}
             for name, module in modules.items():
                 only = BASELINES.get(name)
@@ -133,7 +150,8 @@ def main() -> int:
         args.output,
         {
             "what": "MB added to the peak RSS by decoding + preprocessing one PNG (fresh "
-            "process per case): the working tree (now) and core/preprocess.py at the revisions",
+            "process per case): the working tree (now), core/preprocess.py at the revisions, "
+            "and the thumbnail an image item's add makes (index.thumbnails, working tree)",
             "image_size": args.size,
             "machine": f"{platform.machine()}, {platform.python_version()}",
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

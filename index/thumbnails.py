@@ -31,13 +31,21 @@ LOG = "thumbnails.jsonl"
 SIZE = 96
 QUALITY = 80
 MEDIA_TYPE = "image/webp"
+ORIENTATION = 0x0112  # the EXIF tag exif_transpose reads
 
 Ref = list[int]  # [offset, length, crc32]; the crc is absent in records older than it
 
 
 def make_thumbnail(image: Image.Image, size: int = SIZE) -> bytes:
-    """WebP no larger than `size` px on its longest side (smaller images keep their size)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    """WebP no larger than `size` px on its longest side (smaller images keep their size).
+
+    Turned and converted only when needed, then shrunk in place: turning and converting
+    always copied the whole image (a 1 x 16,777,216 strip took 578 MB), so an upright RGB
+    `image` is itself shrunk (callers pass a decoded image they do not use again)."""
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     image.save(buf, "WEBP", quality=QUALITY, method=6)
