@@ -55,7 +55,7 @@ HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
 def decode_rgb(image: Image.Image | np.ndarray | dict) -> Image.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, I;16...) or array -> 3-channel RGB, of the central
     window only (central_window): every caller centre-crops next, and converting a whole
-    1 x 16,777,216 RGBA strip first took 884 MB. Conversions are per pixel (16-bit and float
+    1 x 16,777,216 RGBA strip first took 961 MB. Conversions are per pixel (16-bit and float
     images are rescaled by the whole image's range), so the kept pixels are unchanged."""
     if isinstance(image, dict) and image.get("bytes") is not None:
         import io

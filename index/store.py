@@ -31,7 +31,7 @@ import numpy as np
 from index.ann import AnnIndex, build_ann
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
-from index.integrity import check_storable, checksums, verify_once
+from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
 from index.plan import SearchPlan
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
@@ -118,7 +118,7 @@ def write_vectors(
     for chunk in chunks:
         with np.errstate(over="ignore"):
             out[row : row + len(chunk)] = chunk
-        bad = np.flatnonzero(~np.isfinite(out[row : row + len(chunk)]).all(axis=1))
+        bad = nonfinite_rows(out[row : row + len(chunk)])
         if len(bad):
             raise ValueError(
                 f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no search "
