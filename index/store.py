@@ -239,7 +239,14 @@ class IndexStore:
         with readable(directory):
             if verify:
                 verify_once(directory, manifest)
-            return cls(directory, manifest, writable, options)
+            store = cls(directory, manifest, writable, options)
+        if verify:
+            try:
+                store.thumbnails.check_once()
+            except IndexFolderError:
+                store.close()
+                raise
+        return store
 
     def _load_generation(self, manifest: dict[str, Any]) -> None:
         base = RowFile(self.directory / manifest["vectors"])

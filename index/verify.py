@@ -31,7 +31,7 @@ def verify_folder(folder: Path) -> str:
         store = IndexStore(folder, manifest, writable=False)
     try:
         thumbs = store.thumbnails
-        damaged = [item_id for item_id, ref in thumbs.where.items() if thumbs.read(ref) is None]
+        damaged = thumbs.damaged()
     finally:
         store.close()
     if damaged:

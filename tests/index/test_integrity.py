@@ -10,7 +10,7 @@ import pytest
 from support import matryoshka_vectors
 
 from core.cli import UsageError
-from index import integrity
+from index import integrity, thumbnails
 from index.errors import IndexFolderError
 from index.store import IndexStore, read_manifest
 from index.thumbnails import BLOB, LOG
@@ -39,11 +39,13 @@ def folder(tmp_path):
     store.add([{"id": "late", "label": 9, "metadata": None}], x[4:5], {"late": b"late!"})
     store.close()
     integrity._verified.clear()  # each test opens its folder as a fresh process would
+    thumbnails._checked.clear()
     return path
 
 
 def reopen_refused(path, match):
     integrity._verified.clear()
+    thumbnails._checked.clear()
     with pytest.raises(IndexFolderError, match=match):
         open_store(path, writable=False)
     with pytest.raises(UsageError):
@@ -98,7 +100,7 @@ def test_damaged_thumbnail_files_are_refused_never_served(folder, damage, match)
 def test_garbled_thumbnail_bytes_fail_their_checksum(folder, capsys):
     blob = folder / BLOB
     blob.write_bytes(b"X" * blob.stat().st_size)  # same length: only the checksums can tell
-    store = open_store(folder, writable=False)
+    store = open_store(folder, writable=False, verify=False)  # MOCO_VERIFY_INDEX=false
     with pytest.raises(Exception, match="checksum"):
         store.thumbnail("r1")
     store.close()
@@ -210,3 +212,33 @@ def test_an_older_folders_damaged_files_are_one_line_refusals_also_offline(folde
     said `ok` for a folder the server refuses (it never loaded the items)."""
     damage(folder, without_checksums(folder))
     reopen_refused(folder, match)
+
+
+def test_garbled_thumbnail_bytes_are_refused_at_start(folder):
+    """Same length, garbled in place: only the per-thumbnail checksums can tell. The server
+    started and answered 500 per thumbnail; now it refuses to start, naming the fix."""
+    blob = folder / BLOB
+    data = bytearray(blob.read_bytes())
+    data[2] ^= 0xFF  # inside r0's thumbnail
+    blob.write_bytes(bytes(data))
+    reopen_refused(folder, "thumbnails.bin: 1 thumbnails fail their checksum.*'r0'.*VERIFY")
+
+
+def test_thumbnails_are_checked_once_per_process_then_only_new_ones(folder, monkeypatch):
+    """A read replica reopens the folder after every edit: it reads only thumbnails added
+    since, not the whole blob again."""
+    open_store(folder, writable=False).close()
+    reads = []
+    pread = thumbnails.os.pread
+    monkeypatch.setattr(
+        thumbnails.os, "pread", lambda fd, n, at: reads.append(at) or pread(fd, n, at)
+    )
+    open_store(folder, writable=False).close()
+    assert reads == []
+    writer = open_store(folder)
+    x = matryoshka_vectors(1, 32, seed=7)
+    writer.add([{"id": "new", "label": 0, "metadata": None}], x, {"new": b"new thumb"})
+    writer.close()
+    reads.clear()
+    open_store(folder, writable=False).close()
+    assert len(reads) == 1
