@@ -132,12 +132,8 @@ class Thumbnails:
     def damaged(self, after: int = 0) -> list[str]:
         """Ids whose recorded thumbnail (ending past byte `after`) fails its checksum or is
         cut short, read in blob order."""
-        refs = sorted((ref[0], item_id) for item_id, ref in self.where.items())
-        return [
-            item_id
-            for offset, item_id in refs
-            if offset + self.where[item_id][1] > after and self.read(self.where[item_id]) is None
-        ]
+        refs = sorted(self.where.items(), key=lambda pair: pair[1][0])
+        return [i for i, ref in refs if ref[0] + ref[1] > after and self.read(ref) is None]
 
     def check_once(self) -> None:
         """Every recorded thumbnail against its checksum, once per process (a reopen reads only
