@@ -28,25 +28,6 @@ def stored_size(image_size: int) -> int:
     return image_size if image_size <= 64 else round(image_size * 256 / 224)
 
 
-def decode_rgb(image: Image.Image | np.ndarray | dict) -> Image.Image:
-    """Any PIL mode (L, LA, P, RGBA, CMYK, I;16...) or array -> 3-channel RGB."""
-    if isinstance(image, dict) and image.get("bytes") is not None:
-        import io
-
-        image = Image.open(io.BytesIO(image["bytes"]))
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        span = max(float(arr.max() - arr.min()), 1e-9)
-        image = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
 # The centre crop keeps a square, so of an image longer than MAX_ASPECT x its short side only
 # the central MAX_ASPECT:1 window is resized: the work per image is then bounded by the pixels
 # decoded plus 3 x MAX_ASPECT x size^2 resized values, however long the strip (a 500,000 x 1
@@ -66,6 +47,41 @@ def central_window(width: int, height: int) -> tuple[int, int, int, int] | None:
         return left, 0, left + span, height
     top = (height - span) // 2
     return 0, top, width, top + span
+
+
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def decode_rgb(image: Image.Image | np.ndarray | dict) -> Image.Image:
+    """Any PIL mode (L, LA, P, RGBA, CMYK, I;16...) or array -> 3-channel RGB, of the central
+    window only (central_window): every caller centre-crops next, and converting a whole
+    1 x 16,777,216 RGBA strip first took 961 MB. Conversions are per pixel (16-bit and float
+    images are rescaled by the whole image's range), so the kept pixels are unchanged."""
+    if isinstance(image, dict) and image.get("bytes") is not None:
+        import io
+
+        image = Image.open(io.BytesIO(image["bytes"]))
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    box = central_window(*image.size)
+    if image.mode in HIGH_DEPTH:
+        image = rescale_to_8bit(image, box)
+    elif box is not None:
+        image = image.crop(box)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def rescale_to_8bit(image: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
+    """The pixels of `box` (None: all) of a 16-bit / int / float image as 8-bit L, stretched
+    over the whole image's range (getextrema reads it without a float copy of every pixel)."""
+    low, high = image.getextrema()
+    arr = np.asarray(image if box is None else image.crop(box), dtype=np.float64)
+    span = max(float(high - low), 1e-9)
+    return Image.fromarray(((arr - low) / span * 255).astype(np.uint8))
 
 
 def resize_center_crop(image: Image.Image, size: int) -> torch.Tensor:

@@ -18,6 +18,10 @@ class DuplicateIds(IndexStoreError, ValueError):
     """An add names ids the index already holds."""
 
 
+class UnstorableVectors(IndexStoreError, ValueError):
+    """An add whose vectors the index's file cannot hold (NaN/inf, or out of float16's range)."""
+
+
 class IndexFolderError(IndexStoreError, UsageError):
     """An index folder that is missing, corrupt or built from another checkpoint."""
 

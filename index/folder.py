@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,19 @@ TEMP_FILE = re.compile(r"^\..+\.tmp$")
 def publish_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=1).encode()
     atomic_write(directory / "manifest.json", lambda f: f.write(text))
+
+
+@contextmanager
+def readable(directory: Path) -> Iterator[None]:
+    """A file of the folder that is missing, cut short or not what the manifest says, met by
+    a loader, as one IndexFolderError naming the folder instead of a traceback."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise IndexFolderError(
+            f"index {directory} cannot be read ({type(e).__name__}: {e}); restore it or "
+            "rebuild the index"
+        ) from None
 
 
 def refuse_orphans(directory: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import IndexFolderError
+from index.errors import IndexFolderError, UnstorableVectors
 
 CHUNK = 16 << 20
 ROWS = 65536
@@ -39,6 +39,11 @@ def checksums(directory: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return {name: crc32_of(directory / name) for name in generation_files(manifest)}
 
 
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of [n, d] `x` holding NaN or inf: no search can find them."""
+    return np.flatnonzero(~np.isfinite(x).all(axis=1))
+
+
 def verify_generation(directory: Path, manifest: dict[str, Any]) -> None:
     """Every file the manifest checksums matches, and every stored vector is finite."""
     for name, expected in (manifest.get("checksums") or {}).items():
@@ -54,7 +59,7 @@ def verify_generation(directory: Path, manifest: dict[str, Any]) -> None:
     vectors = np.load(directory / manifest["vectors"], mmap_mode="r")
     for start in range(0, len(vectors), ROWS):
         block = np.asarray(vectors[start : start + ROWS])
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        bad = nonfinite_rows(block)
         if len(bad):
             raise IndexFolderError(
                 f"index {directory}: {manifest['vectors']} row {start + int(bad[0])} holds NaN "
@@ -69,3 +74,28 @@ def verify_once(directory: Path, manifest: dict[str, Any]) -> None:
     if key not in _verified:
         verify_generation(directory, manifest)
         _verified.add(key)
+
+
+def check_storable(ids: list[str], vectors: np.ndarray, dtype: str, smallest_dim: int) -> None:
+    """Refuse an add the generation file cannot hold: compaction would write NaN/inf (refused
+    at every later start) or a smallest-dim prefix rounded to zeros (found by no search)."""
+    x = np.asarray(vectors, np.float32)
+    bad = nonfinite_rows(x)
+    if len(bad):
+        raise UnstorableVectors(f"item {ids[bad[0]]!r}: its vector holds NaN or inf")
+    with np.errstate(over="ignore", under="ignore"):
+        cast = x.astype(dtype)
+    fix = "scale the vector (only its direction is searched) or use --store-dtype float32"
+    bad = nonfinite_rows(cast)
+    if len(bad):
+        raise UnstorableVectors(
+            f"item {ids[bad[0]]!r}: this index stores {dtype} and the vector holds values "
+            f"beyond its range (+-{float(np.finfo(dtype).max):,.0f}); {fix}"
+        )
+    head = slice(0, smallest_dim)
+    bad = np.flatnonzero(~cast[:, head].any(axis=1) & x[:, head].any(axis=1))
+    if len(bad):
+        raise UnstorableVectors(
+            f"item {ids[bad[0]]!r}: this index stores {dtype} and the vector's first "
+            f"{smallest_dim} values round to zero in it: no search could find it; {fix}"
+        )

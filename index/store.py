@@ -19,6 +19,7 @@ manifest.json atomically (the commit point).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -30,8 +31,8 @@ import numpy as np
 
 from index.ann import AnnIndex, build_ann
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
-from index.folder import check_log, publish_manifest, refuse_orphans, remove_stale
-from index.integrity import checksums, verify_once
+from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
+from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
 from index.plan import SearchPlan
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
@@ -41,6 +42,7 @@ from index.wal import WriteAheadLog, decode_vectors, encode_vectors, read_record
 FORMAT = "moco-matryoshka-index/1"
 CHUNK = 65536
 STORE_DTYPES = ("float32", "float16")
+log = logging.getLogger("index.store")
 
 
 class Hits(NamedTuple):
@@ -70,17 +72,11 @@ def write_generation(
     dtype = info.get("store_dtype", "float32")
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
-    out = np.lib.format.open_memmap(
-        directory / vec_name, mode="w+", dtype=dtype, shape=(count, width)
-    )
-    row = 0
-    for chunk in vector_chunks:
-        out[row : row + len(chunk)] = chunk
-        row += len(chunk)
-    if row != count:
-        raise ValueError(f"wrote {row} vectors, expected {count}")
-    out.flush()
-    del out
+    try:
+        write_vectors(directory / vec_name, dtype, count, width, vector_chunks)
+    except ValueError:
+        (directory / vec_name).unlink(missing_ok=True)  # never left for a later start
+        raise
     with open(directory / items_name, "w") as f:
         for item in items:
             f.write(json.dumps(item, separators=(",", ":")) + "\n")
@@ -111,6 +107,28 @@ def write_generation(
     }
     manifest["checksums"] = checksums(directory, manifest)
     publish_manifest(directory, manifest)
+
+
+def write_vectors(
+    path: Path, dtype: str, count: int, width: int, chunks: Iterable[np.ndarray]
+) -> None:
+    """The [count, width] vectors file, refusing NaN/inf (also from a float16 overflow): a
+    generation holding one would be refused at every start, so it is never written."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, width))
+    row = 0
+    for chunk in chunks:
+        with np.errstate(over="ignore"):
+            out[row : row + len(chunk)] = chunk
+        bad = nonfinite_rows(out[row : row + len(chunk)])
+        if len(bad):
+            raise ValueError(
+                f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no search "
+                "could find it; refusing to write the generation"
+            )
+        row += len(chunk)
+    if row != count:
+        raise ValueError(f"wrote {row} vectors, expected {count}")
+    out.flush()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -181,7 +199,7 @@ class IndexStore:
         if not (directory / "manifest.json").exists():
             refuse_orphans(directory)
             if writable and create is not None:
-                info = {**create, "fingerprint": fingerprint}
+                info = {**create, "fingerprint": fingerprint, "thumbnail_records": 0}
                 write_generation(directory, 0, width, 0, [], [], info)
         for attempt in range(3):
             try:
@@ -193,6 +211,7 @@ class IndexStore:
                 time.sleep(0.05)  # a reader may race the writer's compaction: read again
         if writable:
             remove_stale(directory, store.manifest)
+            store.record_missing_checks()
         return store
 
     @classmethod
@@ -218,12 +237,17 @@ class IndexStore:
                 f"index {directory} holds {manifest.get('width')}-dim vectors but the "
                 f"checkpoint embeds at {width}"
             )
+        with readable(directory):
+            if verify:
+                verify_once(directory, manifest)
+            store = cls(directory, manifest, writable, options)
         if verify:
-            verify_once(directory, manifest)
-        try:
-            return cls(directory, manifest, writable, options)
-        except (OSError, ValueError, KeyError) as e:
-            raise IndexFolderError(f"index {directory} cannot be read ({e})") from None
+            try:
+                store.thumbnails.check_once()
+            except IndexFolderError:
+                store.close()
+                raise
+        return store
 
     def _load_generation(self, manifest: dict[str, Any]) -> None:
         base = RowFile(self.directory / manifest["vectors"])
@@ -252,6 +276,20 @@ class IndexStore:
     def __len__(self) -> int:
         return len(self.row_of)
 
+    def record_missing_checks(self) -> None:
+        """A folder written before checksums gets them once, from its files as they are now
+        (opened and checked): from then on a changed generation file or a shortened
+        thumbnail log is refused at start instead of served."""
+        missing: dict[str, Any] = {}
+        if not self.manifest.get("checksums"):
+            missing["checksums"] = checksums(self.directory, self.manifest)
+        if "thumbnail_records" not in self.manifest:
+            missing["thumbnail_records"] = self.thumbnails.records
+        if missing:
+            log.warning("recording %s in %s/manifest.json", " and ".join(missing), self.directory)
+            self.manifest = {**self.manifest, **missing}
+            publish_manifest(self.directory, self.manifest)
+
     # mutations -------------------------------------------------------------------------
 
     def add(
@@ -265,6 +303,9 @@ class IndexStore:
             taken = [it["id"] for it in items if it["id"] in self.row_of]
             if taken:
                 raise DuplicateIds(f"ids already in the index: {', '.join(taken[:10])}")
+            smallest = int((self.manifest.get("nesting_list") or [self.width])[0])
+            dtype = self.manifest.get("store_dtype", "float32")
+            check_storable([it["id"] for it in items], vectors, dtype, smallest)
             refs = self.thumbnails.add(thumbnails.items()) if thumbnails else {}
             items = [{**it, "thumbnail": refs.get(it["id"])} for it in items]
             record = {"op": "add", "items": items, "vectors": encode_vectors(vectors)}

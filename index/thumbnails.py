@@ -31,13 +31,24 @@ LOG = "thumbnails.jsonl"
 SIZE = 96
 QUALITY = 80
 MEDIA_TYPE = "image/webp"
+ORIENTATION = 0x0112  # the EXIF tag exif_transpose reads
 
 Ref = list[int]  # [offset, length, crc32]; the crc is absent in records older than it
+# (blob path, device, inode) -> how far into that blob this process has checked every
+# thumbnail: the blob only grows, so a reopen checks only the thumbnails added since.
+_checked: dict[tuple[str, int, int], int] = {}
 
 
 def make_thumbnail(image: Image.Image, size: int = SIZE) -> bytes:
-    """WebP no larger than `size` px on its longest side (smaller images keep their size)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    """WebP no larger than `size` px on its longest side (smaller images keep their size).
+
+    Turned and converted only when needed, then shrunk in place: turning and converting
+    always copied the whole image (a 1 x 16,777,216 strip took 578 MB), so an upright RGB
+    `image` is itself shrunk (callers pass a decoded image they do not use again)."""
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     image.save(buf, "WEBP", quality=QUALITY, method=6)
@@ -117,6 +128,30 @@ class Thumbnails:
         if len(data) != length or (len(ref) > 2 and zlib.crc32(data) != ref[2]):
             return None
         return data
+
+    def damaged(self, after: int = 0) -> list[str]:
+        """Ids whose recorded thumbnail (ending past byte `after`) fails its checksum or is
+        cut short, read in blob order."""
+        refs = sorted(self.where.items(), key=lambda pair: pair[1][0])
+        return [i for i, ref in refs if ref[0] + ref[1] > after and self.read(ref) is None]
+
+    def check_once(self) -> None:
+        """Every recorded thumbnail against its checksum, once per process (a reopen reads only
+        those added since): a blob garbled in place is refused at start, not per request."""
+        if self._fd is None:
+            return
+        blob = self.directory / BLOB
+        stat = os.fstat(self._fd)
+        key = (str(blob.resolve()), stat.st_dev, stat.st_ino)
+        end = max((o + n for o, n, *_ in self.where.values()), default=0)
+        damaged = self.damaged(after=_checked.get(key, 0))
+        if damaged:
+            raise IndexFolderError(
+                f"{blob}: {len(damaged)} thumbnails fail their checksum (first: {damaged[0]!r}): "
+                "it was changed in place; restore it from a backup or rebuild the index "
+                "(MOCO_VERIFY_INDEX=false starts anyway and answers each damaged one with 500)"
+            )
+        _checked[key] = max(_checked.get(key, 0), end)
 
     @staticmethod
     def etag(ref: Ref) -> str:

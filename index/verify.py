@@ -14,35 +14,34 @@ from pathlib import Path
 
 from core.cli import UsageError, make_parser, run_cli
 from index.errors import IndexFolderError
-from index.folder import check_log
+from index.folder import readable
 from index.integrity import verify_generation
-from index.store import read_manifest
-from index.thumbnails import Thumbnails
-from index.wal import read_records
+from index.store import IndexStore, read_manifest
 
 PROG = "python -m index.verify"
 
 
 def verify_folder(folder: Path) -> str:
-    """What was checked, or an IndexFolderError naming the first problem."""
+    """What was checked, or an IndexFolderError naming the first problem: the folder is
+    loaded as a server loads it (items, log, thumbnail log), after every checksum."""
     start = time.perf_counter()
     manifest = read_manifest(folder)
-    verify_generation(folder, manifest)
-    records, _ = read_records(folder / manifest["wal"])
-    check_log(folder / manifest["wal"], len(records), manifest)
-    thumbs = Thumbnails(folder, writable=False, expected_records=manifest.get("thumbnail_records"))
+    with readable(folder):
+        verify_generation(folder, manifest)
+        store = IndexStore(folder, manifest, writable=False)
     try:
-        damaged = [item_id for item_id, ref in thumbs.where.items() if thumbs.read(ref) is None]
+        thumbs = store.thumbnails
+        damaged = thumbs.damaged()
     finally:
-        thumbs.close()
+        store.close()
     if damaged:
         raise IndexFolderError(
             f"{folder}: {len(damaged)} thumbnails fail their checksum (first: {damaged[0]!r})"
         )
     checked = "checksummed" if manifest.get("checksums") else "no checksums (an older folder)"
     return (
-        f"{folder}: ok (generation {manifest['generation']}, {manifest['count']} rows + "
-        f"{len(records)} logged edits, {len(thumbs.where)} thumbnails; {checked}; "
+        f"{folder}: ok (generation {manifest.get('generation')}, {manifest.get('count')} rows + "
+        f"{store.ops_since_compaction} logged edits, {len(thumbs.where)} thumbnails; {checked}; "
         f"{time.perf_counter() - start:.1f} s)"
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from index.errors import DuplicateIds, IndexStoreError, ItemNotFound
+from index.errors import DuplicateIds, IndexStoreError, ItemNotFound, UnstorableVectors
 
 # Parts of a pydantic error location that name a schema branch, not a field.
 SCHEMA_TAG = re.compile(r"^(?:\w+-(?:query|item)|constrained-\w+|function-.*|int|str)$")
@@ -92,4 +92,6 @@ def from_index_error(exc: IndexStoreError) -> ApiError:
         return NotFound(str(exc))
     if isinstance(exc, DuplicateIds):
         return Conflict(str(exc))
+    if isinstance(exc, UnstorableVectors):
+        return BadInput(str(exc))
     return IndexUnavailable(str(exc))

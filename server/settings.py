@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     )
     verify_index: bool = Field(
         True,
-        description="check every generation file's checksum and the vectors' finiteness when "
-        "an index generation is opened (reads the folder once; off for huge folders)",
+        description="check every generation file's checksum, the vectors' finiteness and "
+        "every thumbnail's checksum when an index generation is opened (reads the folder "
+        "once; off for huge folders)",
     )
     reload_interval_s: float = Field(
         2.0, ge=0, description="read-only: poll the index folder for changes; 0 = never"

@@ -10,6 +10,7 @@ import pytest
 from support import matryoshka_vectors
 
 from core.cli import UsageError
+from index import thumbnails
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound
 from index.plan import SearchPlan
 from index.store import IndexStore
@@ -335,7 +336,10 @@ def test_a_deleted_items_thumbnail_never_comes_back(tmp_path):
     reopened.close()
     # The blob replaced underneath: the checksum refuses the bytes instead of serving them.
     (tmp_path / "i" / "thumbnails.bin").write_bytes(b"Z" * 20)
-    damaged = open_store(tmp_path / "i", writable=False)
+    thumbnails._checked.clear()  # a fresh process: it checks every thumbnail at start
+    with pytest.raises(IndexFolderError, match="fail their checksum"):
+        open_store(tmp_path / "i", writable=False)
+    damaged = IndexStore.open(tmp_path / "i", FP, 32, writable=False, verify=False)
     with pytest.raises(ThumbnailDamaged, match="checksum"):
         damaged.thumbnail("keep")
     damaged.close()

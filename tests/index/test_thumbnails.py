@@ -27,6 +27,39 @@ def test_make_thumbnail_fits_the_size_and_keeps_small_images():
     assert decode(make_thumbnail(small)).size == (32, 20)
 
 
+def test_a_thumbnail_never_copies_an_upright_rgb_image_whole(monkeypatch):
+    """An image item's add made three whole copies (turn, convert, shrink): a 1 x 16,777,216
+    strip took 578 MB. An upright RGB image is now shrunk as decoded."""
+    copies = []
+    copy, convert = Image.Image.copy, Image.Image.convert
+
+    def spy_copy(self):
+        copies.append(self.size)
+        return copy(self)
+
+    def spy_convert(self, *args, **kwargs):
+        copies.append(self.size)
+        return convert(self, *args, **kwargs)
+
+    strip = Image.fromarray(np.full((100_000, 1, 3), 120, np.uint8))
+    monkeypatch.setattr(Image.Image, "copy", spy_copy)
+    monkeypatch.setattr(Image.Image, "convert", spy_convert)
+    thumb = make_thumbnail(strip)
+    assert [c for c in copies if c[0] * c[1] > SIZE * SIZE] == []  # main: 2 whole copies
+    monkeypatch.undo()
+    assert decode(thumb).size == (1, SIZE)
+
+
+def test_a_thumbnail_is_turned_upright_by_its_exif_orientation():
+    wide = Image.new("RGB", (200, 100), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown tall
+    buf = io.BytesIO()
+    wide.save(buf, "JPEG", exif=exif.tobytes())
+    assert decode(make_thumbnail(Image.open(buf))).size == (SIZE // 2, SIZE)
+    assert decode(make_thumbnail(wide)).size == (SIZE, SIZE // 2)
+
+
 def test_store_round_trip_reopen_and_readd(tmp_path):
     thumbs = Thumbnails(tmp_path, writable=True)
     thumbs.add([("a", b"alpha"), ("b", b"bravo!")])

@@ -140,3 +140,14 @@ def test_index_cli_refuses_bad_ann_options(checkpoint, tiny_dataset, tmp_path):
     with pytest.raises(UsageError, match="not a nesting dim"):
         index_main([*base, "--out", str(tmp_path / "b"), "--shortlist-dim", "12", "--limit", "40"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_float16_index_answers_422_for_a_vector_it_cannot_hold(client):
+    """Finite in float32 but beyond float16: acknowledged, it would have been compacted to inf
+    and the folder refused at the next start."""
+    x = matryoshka_vectors(2, FULL, seed=9)
+    huge = {"items": [{"id": "huge", "vector": (x[0] * 1e6).tolist()}]}
+    r = client.post("/v1/index/items", json=huge, headers=AUTH)
+    assert r.status_code == 422 and "stores float16" in r.json()["detail"], r.text
+    fine = {"items": [{"id": "fine", "vector": (x[1] * 1e3).tolist()}]}
+    assert client.post("/v1/index/items", json=fine, headers=AUTH).status_code == 200
