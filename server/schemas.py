@@ -110,6 +110,15 @@ def _not_a_bool(value: Any) -> Any:
     return value
 
 
+def _not_a_number(value: Any) -> Any:
+    """JSON 1 or 0 would otherwise be read as true or false (form text "true" still is)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+Switch = Annotated[bool, BeforeValidator(_not_a_number)]
 Dim = Annotated[
     int,
     BeforeValidator(_not_a_bool),
@@ -215,20 +224,20 @@ class ModelList(BaseModel):
 
 class SearchOptions(Strict):
     dim: Dim | None = Field(None, description="search (or shortlist) dim; default: full dim")
-    k: int = Field(10, ge=1, le=MAX_K, description="neighbours per query")
+    k: Count = Field(10, ge=1, le=MAX_K, description="neighbours per query")
     rerank_dim: Dim | None = Field(
         None, description="adaptive search: shortlist at `dim`, rerank exactly at this dim"
     )
-    shortlist: int | None = Field(
+    shortlist: Count | None = Field(
         None, ge=1, le=100 * MAX_K, description="adaptive shortlist size; default factor x k"
     )
-    nprobe: int | None = Field(
+    nprobe: Count | None = Field(
         None, ge=1, le=MAX_NPROBE, description="ANN (IVF): lists probed; default: the server's"
     )
-    ef_search: int | None = Field(
+    ef_search: Count | None = Field(
         None, ge=1, le=MAX_EF_SEARCH, description="ANN (HNSW): search breadth; default: server's"
     )
-    use_ann: bool | None = Field(
+    use_ann: Switch | None = Field(
         None,
         description="shortlist from the index's ANN (true), exactly (false), or let the server "
         "pick (null: the ANN for adaptive searches at its dim on large indexes)",

@@ -9,6 +9,7 @@ from starlette.datastructures import State
 
 from server.codec import FastJSON, encode
 from server.embedding import Embedded
+from server.forms import form_fields
 from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonService, ServiceDep
 from server.schemas import Dim, EmbedRequest, EmbedResponse, Encoding
@@ -31,7 +32,11 @@ async def embed(body: EmbedRequest, request: Request, svc: JsonService) -> FastJ
     return answer(request.state, out, body.encoding_format)
 
 
-@router.post("/v1/embed/files", response_model=EmbedResponse)
+@router.post(
+    "/v1/embed/files",
+    response_model=EmbedResponse,
+    dependencies=[form_fields(("files", "dim", "encoding_format"))],
+)
 async def embed_files(
     files: Annotated[list[UploadFile], File(description="image files (PNG, JPEG, ...)")],
     request: Request,
