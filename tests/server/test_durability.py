@@ -163,7 +163,8 @@ def folder(index) -> dict[str, bytes]:
 
 
 def damaged_index(checkpoint, tmp_path, name: str):
-    """A writer's folder after 3 acknowledged adds and a compaction, then 2 more adds."""
+    """A writer's folder after 3 acknowledged adds and a compaction, then 2 more adds; d0, d2
+    and d4 are images (with thumbnails), d1 and d3 vectors."""
     index = tmp_path / name
     server = Server(
         checkpoint,
@@ -177,6 +178,8 @@ def damaged_index(checkpoint, tmp_path, name: str):
     with httpx.Client(base_url=server.url, headers=AUTH) as client:
         for i, v in enumerate(vectors):
             item = {"id": f"d{i}", "vector": v.tolist()}
+            if i % 2 == 0:
+                item = {"id": f"d{i}", "image": png_of(f"d{i}")}
             assert client.post("/v1/index/items", json={"items": [item]}).status_code == 200
     server.kill9()
     return index, json.loads((index / "manifest.json").read_text())
@@ -195,12 +198,57 @@ def break_truncated_log(index, manifest):
     wal.write_bytes(wal.read_bytes().splitlines(keepends=True)[0])
 
 
+def rewrite(name: str, change):
+    """Damage: replace the file `name` with change(its bytes), or delete it (change -> None)."""
+
+    def damage(index, manifest):
+        path = index / name
+        new = change(path.read_bytes())
+        if new is None:
+            path.unlink()
+        else:
+            path.write_bytes(new)
+
+    return damage
+
+
+def flip_last_record(data: bytes) -> bytes:
+    lines = data.splitlines(keepends=True)
+    last = bytearray(lines[-1])
+    last[len(last) // 2] ^= 0x04
+    return b"".join(lines[:-1]) + bytes(last)
+
+
+def garble_middle(data: bytes) -> bytes:
+    return data[: len(data) // 2] + bytes(b ^ 0xFF for b in data[len(data) // 2 :])
+
+
 @pytest.mark.parametrize(
     ("name", "damage", "says"),
     [
         ("missing manifest", break_missing_manifest, "no manifest.json; refusing"),
         ("missing log", break_missing_log, "is missing but manifest.json counts 2"),
         ("truncated log", break_truncated_log, "holds 1 intact records but manifest.json counts 2"),
+        (
+            "thumbnail blob deleted",
+            rewrite("thumbnails.bin", lambda b: None),
+            "0 bytes but its log",
+        ),
+        ("thumbnail blob emptied", rewrite("thumbnails.bin", lambda b: b""), "0 bytes but its log"),
+        ("thumbnail blob cut", rewrite("thumbnails.bin", lambda b: b[:-1]), "bytes but its log"),
+        ("thumbnail blob garbled", rewrite("thumbnails.bin", garble_middle), "fail their checksum"),
+        ("thumbnail log deleted", rewrite("thumbnails.jsonl", lambda b: None), "is missing but"),
+        ("thumbnail log emptied", rewrite("thumbnails.jsonl", lambda b: b""), "holds 0 intact"),
+        (
+            "thumbnail log cut",
+            rewrite("thumbnails.jsonl", lambda b: b"".join(b.splitlines(True)[:1])),
+            "holds 1 intact records but manifest.json counts 3",
+        ),
+        (
+            "thumbnail log last record flipped",
+            rewrite("thumbnails.jsonl", flip_last_record),
+            "holds 2 intact records but manifest.json counts 3",
+        ),
     ],
 )
 def test_damaged_folder_is_refused_untouched(checkpoint, tmp_path, name, damage, says):
