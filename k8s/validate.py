@@ -8,7 +8,7 @@ release). Strict means what `kubectl apply --validate=strict` means: an unknown 
 an error, except under `x-kubernetes-preserve-unknown-fields`. A kind found in neither is
 an error, never a silent skip. CEL rules (`x-kubernetes-validations`) are not evaluated.
 
-    kubectl kustomize k8s/overlays/trainjob/cpu | python k8s/validate.py -k 1.35.0 -
+    kubectl kustomize k8s/overlays/trainjob/cpu | python k8s/validate.py -k 1.31.0 -k 1.37.0 -
 """
 
 from __future__ import annotations
@@ -120,20 +120,24 @@ def validate_stream(text: str, version: str, crds: Path = CRDS) -> tuple[list[st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-k", "--kubernetes-version", required=True, help="e.g. 1.35.0")
+    p.add_argument("-k", "--kubernetes-version", action="append", required=True,
+                   help="e.g. 1.35.0; repeat it to check several versions")  # fmt: skip
     p.add_argument("--crds", type=Path, default=CRDS, help="folder of <project>-<tag>/ CRDs")
     p.add_argument("--label", default="-", help="what to call the input in the summary")
     p.add_argument("file", help="a rendered YAML stream, - for stdin")
     a = p.parse_args(argv)
     text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text()
-    errors, checked = validate_stream(text, a.kubernetes_version, a.crds)
-    for e in errors:
-        print(f"{a.label}: INVALID {e}", file=sys.stderr)
-    if errors:
-        return 1
-    against = "; ".join(f"{', '.join(sorted(k))}: {src}" for src, k in sorted(checked.items()))
-    print(f"{a.label}: valid (strict; {against})")
-    return 0
+    status = 0
+    for version in a.kubernetes_version:
+        errors, checked = validate_stream(text, version, a.crds)
+        for e in errors:
+            print(f"{a.label}: INVALID (Kubernetes {version}) {e}", file=sys.stderr)
+        if errors:
+            status = 1
+            continue
+        against = "; ".join(f"{', '.join(sorted(k))}: {s}" for s, k in sorted(checked.items()))
+        print(f"{a.label}: valid (strict; {against})")
+    return status
 
 
 if __name__ == "__main__":
