@@ -176,8 +176,8 @@ docker-build: ## build the trainer and server images (VARIANT=cpu|gpu) with dock
 docker-test: ## build both images, then train/SIGTERM/resume/eval/index/serve in containers, timed
 	$(CONTAINER_ENV) docker/docker-test.sh
 
-k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods under podman kube play (images built)
-	OVERLAY=$(OVERLAY) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
+k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods (RUNTIME=job|trainjob) under podman kube play (images built)
+	OVERLAY=$(OVERLAY) RUNTIME=$(RUNTIME) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
 
 # make ablate / make compare: a grid of trainer variants x seeds -> one table + plot (experiments.ablate).
 GRID ?= grids/compare.toml
