@@ -211,3 +211,33 @@ def test_kueue_component_queues_the_trainjob_on_the_platforms_cluster_queue() ->
     for variant in VARIANTS:  # quota for every resource a TrainJob asks for
         res = one(tj_rendered(variant), "TrainJob")["spec"]["trainer"]["resourcesPerNode"]
         assert set(res.get("requests", {})) | set(res.get("limits", {})) <= covered, variant
+
+
+@needs_kubectl
+@pytest.mark.slow
+def test_cpu_trainjob_pod_trains_against_local_code(tmp_path: Path) -> None:
+    """The cpu TrainJob's pod as the Trainer would create it, one worker, run here: its own
+    shell prelude, the agent (c10d rendezvous at its PET_MASTER_ADDR, pointed at this host as
+    the podman run's hostAliases do) and trainer.train, for 3 steps -> a checkpoint. Stands
+    in for `make k8s-podman-test RUNTIME=trainjob` where podman and the images are absent."""
+    docs = tj_rendered("cpu")
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    template = node_pod("cpu")["template"]
+    c = next(c for c in template["spec"]["containers"] if c["name"] == "node")
+    kube_pods.resolve_value_from(c, configmaps, template["metadata"])
+    env = kube_pods.container_env(c, configmaps)
+    env.update(PET_NNODES="1", PET_MASTER_ADDR="127.0.0.1", HOME=str(tmp_path),
+               HF_HOME=str(tmp_path / "data" / "hf"))  # fmt: skip
+    args = [expand(a, env) for a in c["command"] + c["args"]]
+    args = [a.replace("/runs/", f"{tmp_path}/runs/") for a in args]
+    args = [f"{tmp_path}/data" if a == "/data" else a for a in args]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    run_env = {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(K8S.parent),
+               "OMP_NUM_THREADS": "1"}  # fmt: skip
+    r = subprocess.run([*args, "--max-steps", "3"], cwd=tmp_path, env=run_env,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "runs" / env["RUN_NAME"] / "checkpoint.pt").is_file()
