@@ -90,7 +90,7 @@ def validate_doc(doc: dict, version: str, crds: Path = CRDS) -> tuple[list[str],
         except kubernetes_validate.ValidationError as e:
             where = ".".join(str(p) for p in e.path) or "(top)"
             return [f"{where}: {e.message}"], ""
-        return [], f"Kubernetes {version}"
+        return [], "API schema"
     validator = jsonschema.Draft7Validator(custom.schema)
     errors = [f"{_where(e)}: {e.message}" for e in validator.iter_errors(doc)]
     # metadata is ObjectMeta for every kind; the CRD schema only says "object", so the
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             status = 1
             continue
-        against = "; ".join(f"{', '.join(sorted(k))}: {s}" for s, k in sorted(checked.items()))
-        print(f"{a.label}: valid (strict; {against})")
+        against = "; ".join(f"{', '.join(sorted(k))} ({s})" for s, k in sorted(checked.items()))
+        print(f"{a.label}: valid (Kubernetes {version}, strict): {against}")
     return status
 
 

@@ -155,5 +155,7 @@ def test_cli_reports_each_version(capsys, monkeypatch, tmp_path: Path) -> None:
     f.write_text(_render(K8S / "overlays" / "dra" / "mig"))
     assert validate.main(["-k", "1.35.0", "-k", "1.37.0", "--label", "dra/mig", str(f)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and all(line.startswith("dra/mig: valid (strict;") for line in out)
+    assert out[0].startswith("dra/mig: valid (Kubernetes 1.35.0, strict): ConfigMap")
+    assert out[1].startswith("dra/mig: valid (Kubernetes 1.37.0, strict): ConfigMap")
+    assert len(out) == 2 and "ResourceClaimTemplate" in out[0]
     assert validate.main(["-k", "1.31.0", str(f)]) == 1
