@@ -21,7 +21,7 @@ MAY_IMPORT = {
 }
 # third-party packages each may import (the standard library is always allowed)
 THIRD_PARTY = {
-    "core": {"torch", "torchvision", "numpy", "pydantic", "PIL"},
+    "core": {"torch", "torchvision", "numpy", "pydantic", "PIL", "safetensors"},
     "index": {"numpy", "faiss", "PIL", "pydantic"},
 }
 WEB = {"fastapi", "starlette", "uvicorn", "multipart", "prometheus_client", "orjson"}
