@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.checkpoint import CheckpointError, fingerprint_of, load_checkpoint
@@ -112,7 +112,7 @@ def load_folder(folder: str | Path) -> ServedModel:
             raise ValueError(f"format {config.get('format')!r}, expected {FORMAT!r}")
         model = ModelConfig.model_validate(config["model"])
         tensors = load_file(str(folder / WEIGHTS))
-    except (OSError, ValueError, KeyError, TypeError, ValidationError, SafetensorsError) as e:
+    except (OSError, ValueError, KeyError, TypeError, ValidationError, SafetensorError) as e:
         first = " ".join(str(e).strip().splitlines()[:2])[:200]
         raise CheckpointError(f"exported model {folder} is unreadable ({first})") from None
     rotation = tensors.pop(ROTATION, None)
