@@ -57,7 +57,12 @@ def export_onnx(served: ServedModel, path: Path) -> Path:
         )
     import onnx
 
-    onnx.checker.check_model(onnx.load(str(path)))
+    graph = onnx.load(str(path))
+    # the exporter leaves the embedding width symbolic: state it, as config.pbtxt does
+    (out,) = graph.graph.output
+    out.type.tensor_type.shape.dim[1].dim_value = served.model.full_dim
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
     return path
 
 
