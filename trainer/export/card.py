@@ -11,6 +11,7 @@ from typing import Any
 
 from core.checkpoint import Checkpoint
 from core.quantize import bytes_per_vector
+from trainer.evaluate.report import dtype_table
 
 RECIPE_KEYS = (
     "arch",
@@ -76,20 +77,6 @@ def quality_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def dtype_table(result: dict) -> str | None:
-    """The (dim x output type) rows of eval.json (trainer.evaluate), if it has them."""
-    rows = result.get("dtypes")
-    if not rows:
-        return None
-    out = ["| dim | type | bytes | kNN top-1 | mAP@10 |", "|---:|---|---:|---:|---:|"]
-    for r in rows:
-        out.append(
-            f"| {r['dim']} | {r['dtype']} | {r['bytes']} | {r['knn_top1']:.3f} "
-            f"| {r['map_at_k']:.3f} |"
-        )
-    return "\n".join(out)
-
-
 def model_card(name: str, ckpt: Checkpoint, result: dict | None, formats: list[str]) -> str:
     m = ckpt.model
     data = ckpt.data or {}
@@ -120,8 +107,10 @@ def model_card(name: str, ckpt: Checkpoint, result: dict | None, formats: list[s
         table = dtype_table(result)
         if table:
             parts += [
-                "Per output type (`output_dtype`: int8/uint8 decoded with the calibrated "
-                "grid, binary/ubinary compared by Hamming distance):",
+                "Per output type (`output_dtype`; each cell kNN top-1 / mAP@10 (bytes per "
+                "vector): int8/uint8 decoded with the calibrated grid, binary/ubinary compared "
+                "by Hamming distance, binary + float rerank: a Hamming shortlist of 10 x k "
+                "reranked by the full-dim float cosine):",
                 "",
                 table,
                 "",
