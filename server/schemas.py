@@ -440,6 +440,17 @@ class DimInfo(BaseModel):
     )
 
 
+class DtypeInfo(BaseModel):
+    dim: int
+    dtype: str = Field(
+        description="an output_dtype, or binary+rerank: a Hamming shortlist of 10 x k at this "
+        "dim reranked by the full-dim float cosine"
+    )
+    bytes: int = Field(description="bytes per vector as sent (base64 decoded)")
+    knn_top1: float | None = Field(None, description="the checkpoint's evaluation (eval.json)")
+    map_at_k: float | None = None
+
+
 class AnnInfo(BaseModel):
     factory: str
     dim: int
@@ -458,6 +469,10 @@ class DimsInfo(BaseModel):
     ann: AnnInfo | None
     eval_source: str | None = Field(None, description="the eval.json the quality came from")
     latency_measured: str | None = Field(None, description="when and on what the ms were timed")
+    dtypes: list[DtypeInfo] = Field(
+        default_factory=list,
+        description="per (dim, output type): bytes per vector and, where evaluated, quality",
+    )
 
 
 class Status(BaseModel):

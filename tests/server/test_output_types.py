@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -152,3 +153,48 @@ def test_a_checkpoint_without_calibration_refuses_int8_and_names_the_fix(
         assert r.status_code == 422 and "python -m trainer.calibrate" in r.text
         r = c.post("/v1/embed", json={"images": images[:1], "output_dtype": "binary"})
         assert r.status_code == 200  # sign bits need no calibration
+
+
+def test_dims_lists_every_dim_and_type_with_bytes_and_evaluated_quality(
+    client, checkpoint, tiny_dataset, tmp_path
+):
+    rows = client.get("/v1/dims").json()["dtypes"]  # embed-only: bytes, no quality
+    assert len(rows) == 4 * len(TYPES)
+    by = {(r["dim"], r["dtype"]): r for r in rows}
+    assert by[(16, "ubinary")]["bytes"] == 2 and by[(64, "float")]["bytes"] == 256
+    assert by[(16, "int8")]["knn_top1"] is None
+    evaluated = [
+        {"dim": 16, "dtype": t, "bytes": 0, "knn_top1": 0.5, "map_at_k": 0.25}
+        for t in (*TYPES, "binary+rerank")
+    ]
+    metrics = [{"dim": d, "knn_top1": 0.5, "map_at_k": 0.25} for d in (8, 16, 32, 64)]
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"metrics": metrics, "dtypes": evaluated}))
+    from trainer.build_index import IndexBuildConfig, build_index_folder
+
+    build_index_folder(
+        IndexBuildConfig(
+            checkpoint=checkpoint,
+            dataset=tiny_dataset,
+            out=tmp_path / "index",
+            limit=40,
+            eval_json=eval_json,
+        )
+    )
+    settings = Settings(
+        checkpoint=checkpoint,
+        index_dir=tmp_path / "index",
+        read_only=True,
+        torch_threads=1,
+        faiss_threads=1,
+    )
+    with TestClient(create_app(settings)) as c:
+        by = {(r["dim"], r["dtype"]): r for r in c.get("/v1/dims").json()["dtypes"]}
+    assert by[(16, "binary+rerank")] == {
+        "dim": 16,
+        "dtype": "binary+rerank",
+        "bytes": 2,
+        "knn_top1": 0.5,
+        "map_at_k": 0.25,
+    }
+    assert by[(16, "int8")]["bytes"] == 16 and by[(8, "int8")]["knn_top1"] is None
