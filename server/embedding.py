@@ -14,13 +14,21 @@ from core.encoder import load_encoder
 from core.export_folder import load_served
 from core.nesting import truncate_normalize_np
 from core.preprocess import EvalPreprocess, normalize
-from core.quantize import CALIBRATED, OutputDtype, quantize
+from core.quantize import (
+    CALIBRATED,
+    NUMPY,
+    OutputDtype,
+    dequantize,
+    quantize,
+    values_per_vector,
+)
 from index.thumbnails import make_thumbnail
 from server.batcher import Batcher, Source
 from server.errors import BadInput
 from server.images import decode_base64, decode_into, open_image
 from server.metrics import Metrics
 from server.runtime import serving_encoder
+from server.schemas import VectorSearch
 from server.settings import Settings
 from server.timing import Timing
 
@@ -193,6 +201,30 @@ class EmbeddingService:
             make_thumbnail(open_image(decode_base64(text, i), i, limit))
             for i, text in enumerate(images)
         ]
+
+    def query_vectors(self, body: VectorSearch) -> list[list[float]] | np.ndarray:
+        """A search's query vectors as floats: compressed ones (`vector_dtype`) decoded at
+        the search dim, exactly as /v1/embed encoded them (core.quantize)."""
+        dtype = body.vector_dtype
+        if dtype in ("float", "float16"):
+            return body.vectors
+        if body.rerank_dim is not None:
+            raise BadInput(
+                f"rerank_dim needs float query vectors; {dtype} vectors hold only `dim` values"
+            )
+        dim = self._allowed_dim(body.dim, "dim")
+        self.check_output(dtype, "float")
+        want = values_per_vector(dim, dtype)
+        info = np.iinfo(NUMPY[dtype])
+        for i, v in enumerate(body.vectors):
+            if len(v) != want:
+                raise BadInput(f"vector {i} has length {len(v)}; {dtype} at dim {dim} is {want}")
+            if any(x != int(x) or not info.min <= x <= info.max for x in v):
+                raise BadInput(
+                    f"vector {i} is not {dtype}: values must be integers {info.min}..{info.max}"
+                )
+        q = np.asarray(body.vectors, dtype=np.int64)
+        return dequantize(q, dtype, dim, self.checkpoint.calibration)
 
     @staticmethod
     def at_dim(raw: np.ndarray, dim: int) -> np.ndarray:

@@ -137,7 +137,7 @@ class IndexService:
 
         `uploads`: the image files of POST /v1/search/files, searched with `body`'s options
         exactly as the JSON route searches its base64 images."""
-        vectors = body.vectors if isinstance(body, VectorSearch) else None
+        vectors = self.embedding.query_vectors(body) if isinstance(body, VectorSearch) else None
         images: list[str] | list[bytes] = (
             uploads if uploads is not None else body.images if isinstance(body, ImageSearch) else []
         )

@@ -293,6 +293,12 @@ class VectorSearch(SearchOptions):
     vectors: Annotated[list[Vector], Field(min_length=1, max_length=MAX_BATCH)] = Field(
         description="query embeddings: the full dim or exactly the dims used"
     )
+    vector_dtype: OutputDtype = Field(
+        "float",
+        description="the output_dtype the vectors are in, as /v1/embed returned them at `dim` "
+        "(JSON numbers): int8/uint8 are decoded with the model's grid, binary/ubinary to "
+        "+-1 signs; not with rerank_dim (a compressed query has only `dim` values)",
+    )
 
 
 class FileSearchForm(SearchOptions):

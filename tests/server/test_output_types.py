@@ -198,3 +198,54 @@ def test_dims_lists_every_dim_and_type_with_bytes_and_evaluated_quality(
         "map_at_k": 0.25,
     }
     assert by[(16, "int8")]["bytes"] == 16 and by[(8, "int8")]["knn_top1"] is None
+
+
+@pytest.fixture(scope="module")
+def searcher(checkpoint, tiny_dataset, tmp_path_factory):
+    from support import build_index
+
+    index = build_index(checkpoint, tiny_dataset, tmp_path_factory.mktemp("i") / "index", 60)
+    settings = Settings(
+        checkpoint=checkpoint, index_dir=index, read_only=True, torch_threads=1, faiss_threads=1
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "binary", "ubinary"])
+def test_search_takes_compressed_queries_as_embed_gave_them(searcher, images, checkpoint, dtype):
+    r = searcher.post("/v1/embed", json={"images": images, "dim": DIM, "output_dtype": dtype})
+    q = np.asarray(r.json()["embeddings"])
+    # the client's own decoding, from the documented layout
+    if dtype in ("binary", "ubinary"):
+        u8 = (q + (128 if dtype == "binary" else 0)).astype(np.uint8)
+        floats = np.unpackbits(u8, axis=1)[:, :DIM] * 2.0 - 1
+    else:
+        c = load_checkpoint(checkpoint).calibration
+        low, high = c.low[1, :DIM], c.high[1, :DIM]
+        floats = low + (q + (128 if dtype == "int8" else 0)) * (high - low) / 255
+    body = {"dim": DIM, "k": 5}
+    got = searcher.post("/v1/search", json={**body, "vectors": q.tolist(), "vector_dtype": dtype})
+    want = searcher.post("/v1/search", json={**body, "vectors": floats.tolist()})
+    assert got.status_code == 200, got.text
+    ids = [[h["id"] for h in row] for row in got.json()["results"]]
+    assert ids == [[h["id"] for h in row] for row in want.json()["results"]]
+    scores = [[h["score"] for h in row] for row in got.json()["results"]]
+    assert np.allclose(
+        scores, [[h["score"] for h in row] for row in want.json()["results"]], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"vectors": [[1]], "vector_dtype": "ubinary"}, "length 1; ubinary at dim 16 is 2"),
+        ({"vectors": [[1] * 8], "vector_dtype": "binary"}, "length 8; binary at dim 16 is 2"),
+        ({"vectors": [[300] * 16], "vector_dtype": "int8"}, "integers -128..127"),
+        ({"vectors": [[0.5] * 16], "vector_dtype": "uint8"}, "integers 0..255"),
+        ({"vectors": [[1, 2]], "vector_dtype": "binary", "rerank_dim": 64}, "rerank_dim needs"),
+    ],
+)
+def test_search_refuses_malformed_compressed_queries(searcher, body, message):
+    r = searcher.post("/v1/search", json={"dim": DIM, **body})
+    assert r.status_code == 422 and message in r.text, r.text
