@@ -17,7 +17,16 @@ from trainer.checkpointing import capture
 from trainer.evaluate.cli import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
 from trainer.evaluate.metrics import average_precision_at_k, knn_predict
 
-KEYS = {"checkpoint", "dataset", "rotation", "n_train", "n_test", "metrics", "int8_calibration", "dtypes"}
+KEYS = {
+    "checkpoint",
+    "dataset",
+    "rotation",
+    "n_train",
+    "n_test",
+    "metrics",
+    "int8_calibration",
+    "dtypes",
+}
 ROW_KEYS = {"dim", "knn_top1", "map_at_k", "k", "map_k"}
 
 
