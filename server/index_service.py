@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 
+from core.quantize import OUTPUT_DTYPES, bytes_per_vector
 from index.dims import percentile_of, read_dims_report
 from index.plan import SearchKnobs, SearchPlan
 from index.search import gpu_count
@@ -24,6 +25,7 @@ from server.schemas import (
     DeleteResponse,
     DimInfo,
     DimsInfo,
+    DtypeInfo,
     Hit,
     ImageItem,
     ImageSearch,
@@ -36,6 +38,25 @@ from server.schemas import (
 )
 from server.settings import Settings
 from server.timing import Timing
+
+
+def dtype_infos(dims: list[int], evaluated: list[dict]) -> list[DtypeInfo]:
+    """Every (dim, output type) with its bytes; quality from the build's eval.json rows."""
+    quality = {(r["dim"], r["dtype"]): r for r in evaluated}
+    kinds = [*OUTPUT_DTYPES, *sorted({t for _, t in quality} - set(OUTPUT_DTYPES))]
+    return [
+        DtypeInfo(
+            **{
+                **quality.get((d, t), {}),
+                "dim": d,
+                "dtype": t,
+                "bytes": bytes_per_vector(d, "binary" if t == "binary+rerank" else t),
+            }
+        )
+        for d in dims
+        for t in kinds
+        if t in OUTPUT_DTYPES or (d, t) in quality
+    ]
 
 
 class IndexService:
@@ -116,7 +137,7 @@ class IndexService:
 
         `uploads`: the image files of POST /v1/search/files, searched with `body`'s options
         exactly as the JSON route searches its base64 images."""
-        vectors = body.vectors if isinstance(body, VectorSearch) else None
+        vectors = self.embedding.query_vectors(body) if isinstance(body, VectorSearch) else None
         images: list[str] | list[bytes] = (
             uploads if uploads is not None else body.images if isinstance(body, ImageSearch) else []
         )
@@ -203,6 +224,7 @@ class IndexService:
             else None,
             eval_source=measured.get("eval_source"),
             latency_measured=measured.get("latency_measured"),
+            dtypes=dtype_infos(self.embedding.nesting_list, measured.get("dtypes") or []),
         )
 
     async def add_items(self, items: list[ImageItem | VectorItem]) -> AddResponse:

@@ -9,7 +9,7 @@ checked by `Service.check_*`. The MAX_* ceilings bound what an operator may conf
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from fastapi import UploadFile
@@ -22,7 +22,10 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_validator,
 )
+
+from core.quantize import OutputDtype
 
 MAX_BATCH = 4096  # images, vectors or items in one request
 MAX_K = 10_000
@@ -149,6 +152,13 @@ def one_of(first: str, second: str, kind: str) -> Discriminator:
     )
 
 
+# what Cohere (embedding_types), Voyage/Mistral (output_dimension) call ours
+OTHER_NAMES = {
+    "embedding_types": "output_dtype",
+    "output_dimension": "dimensions",
+    "embedding_type": "output_dtype",
+    "dtype": "output_dtype",
+}
 EncodingFormat = Literal["float", "base64", "base64_float16"]  # layouts: server/codec.py
 Encoding = Annotated[
     EncodingFormat,
@@ -159,16 +169,29 @@ Encoding = Annotated[
 ]
 
 
+Output = Annotated[
+    OutputDtype,
+    Field(
+        description="float | float16 | int8 | uint8 (per-coordinate grid calibrated on the "
+        "train split) | binary | ubinary (sign bits packed 8 per byte, first dim in the high "
+        "bit; binary = ubinary - 128), as Cohere's and Voyage's output types; applied after "
+        "truncation to `dim` (docs/SERVING.md, Output types)"
+    ),
+]
+
+
 class EmbedRequest(Strict):
     images: Images
     dim: Dim | None = Field(None, description="a nesting dim; default: the full dim")
     encoding_format: Encoding = "float"
+    output_dtype: Output = "float"
 
 
 class EmbedResponse(BaseModel):
     dim: int
     encoding_format: EncodingFormat = "float"
-    embeddings: list[list[float]] | list[str]
+    output_dtype: OutputDtype = "float"
+    embeddings: list[list[float]] | list[list[int]] | list[str]
 
 
 class EmbeddingsRequest(Strict):
@@ -180,7 +203,25 @@ class EmbeddingsRequest(Strict):
     model: str = Field(max_length=256, description="the served model's name (GET /v1/models)")
     dimensions: Dim | None = Field(None, description="a nesting dim; default: the full dim")
     encoding_format: Literal["float", "base64"] = "float"
+    output_dtype: Output = Field(
+        "float",
+        description="as Mistral's and Voyage's `output_dtype`: float, float16, int8, uint8, "
+        "binary, ubinary; with encoding_format base64, the type's own bytes (as Voyage)",
+    )
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_apis_names(cls, value: Any) -> Any:
+        """Names other embedding APIs use for what this one calls otherwise: say which."""
+        if isinstance(value, dict):
+            for theirs, ours in OTHER_NAMES.items():
+                if theirs in value:
+                    raise ValueError(
+                        f"`{theirs}` is not supported here; use `{ours}` "
+                        f"(output_dtype: {', '.join(get_args(OutputDtype))})"
+                    )
+        return value
 
     @field_validator("input", mode="before")
     @classmethod
@@ -194,7 +235,7 @@ class EmbeddingsRequest(Strict):
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
     index: int
 
 
@@ -251,6 +292,12 @@ class ImageSearch(SearchOptions):
 class VectorSearch(SearchOptions):
     vectors: Annotated[list[Vector], Field(min_length=1, max_length=MAX_BATCH)] = Field(
         description="query embeddings: the full dim or exactly the dims used"
+    )
+    vector_dtype: OutputDtype = Field(
+        "float",
+        description="the output_dtype the vectors are in, as /v1/embed returned them at `dim` "
+        "(JSON numbers): int8/uint8 are decoded with the model's grid, binary/ubinary to "
+        "+-1 signs; not with rerank_dim (a compressed query has only `dim` values)",
     )
 
 
@@ -399,6 +446,17 @@ class DimInfo(BaseModel):
     )
 
 
+class DtypeInfo(BaseModel):
+    dim: int
+    dtype: str = Field(
+        description="an output_dtype, or binary+rerank: a Hamming shortlist of 10 x k at this "
+        "dim reranked by the full-dim float cosine"
+    )
+    bytes: int = Field(description="bytes per vector as sent (base64 decoded)")
+    knn_top1: float | None = Field(None, description="the checkpoint's evaluation (eval.json)")
+    map_at_k: float | None = None
+
+
 class AnnInfo(BaseModel):
     factory: str
     dim: int
@@ -417,6 +475,10 @@ class DimsInfo(BaseModel):
     ann: AnnInfo | None
     eval_source: str | None = Field(None, description="the eval.json the quality came from")
     latency_measured: str | None = Field(None, description="when and on what the ms were timed")
+    dtypes: list[DtypeInfo] = Field(
+        default_factory=list,
+        description="per (dim, output type): bytes per vector and, where evaluated, quality",
+    )
 
 
 class Status(BaseModel):
