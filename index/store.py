@@ -33,7 +33,9 @@ from index.ann import AnnIndex, build_ann
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
+from index.payload import PayloadIndex
 from index.plan import SearchPlan
+from index.planner import Route
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
 from index.vectors import VectorOptions, Vectors
@@ -46,11 +48,13 @@ log = logging.getLogger("index.store")
 
 
 class Hits(NamedTuple):
-    """A search's answer: scores and row ids [n, k] (best first), and the items of those rows."""
+    """A search's answer: scores and row ids [n, k] (best first), the items of those rows, and
+    the route it took (index.planner)."""
 
     scores: np.ndarray
     rows: np.ndarray
     items: dict[int, dict[str, Any]]
+    route: Route = Route("exact")
 
 
 def write_generation(
@@ -272,6 +276,7 @@ class IndexStore:
         )
         self.items: list[dict[str, Any] | None] = items
         self.row_of = {item["id"]: r for r, item in enumerate(items)}
+        self.payload = PayloadIndex(items)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -362,6 +367,7 @@ class IndexStore:
         for r, item in zip(ids.tolist(), items, strict=True):
             self.items.append(item)
             self.row_of[item["id"]] = r
+        self.payload.add(items)
 
     def _apply_delete(self, item_id: str) -> None:
         row = self.row_of.pop(item_id, None)
@@ -423,9 +429,12 @@ class IndexStore:
             if plan.k == 0:
                 empty = np.empty((len(queries), 0))
                 return Hits(empty.astype(np.float32), empty.astype(np.int64), {})
-            scores, rows = self.vectors.search(queries, plan)
+            allowed = None
+            if plan.filter is not None:
+                allowed = self.payload.mask(plan.filter, len(self.vectors.rows))
+            scores, rows, route = self.vectors.search(queries, plan, allowed)
             items = {r: self.item(r) for r in np.unique(rows).tolist() if r >= 0}
-            return Hits(scores, rows, items)
+            return Hits(scores, rows, items, route)
 
     @property
     def ann(self) -> AnnIndex | None:
