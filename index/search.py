@@ -15,6 +15,7 @@ from core.nesting import truncate_normalize_np
 
 GPU_MAX_K = 2048
 RERANK_BUDGET = 1 << 25
+DENSE = 8  # scan_rows reads a window whole when at least 1 row in DENSE matches
 
 
 def set_threads(threads: int | None) -> None:
@@ -231,17 +232,27 @@ def scan_rows(
     *,
     budget: int = RERANK_BUDGET // 8,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k at `dim` over the given row ids only (a filter's matching rows):
-    reads just those rows, chunk by chunk. Same order and padding as scan_top_k."""
+    """Exact cosine top-k at `dim` over the given sorted row ids only (a filter's matching
+    rows), window by window of the bank: a window dense in matches (>= 1/DENSE) is read
+    whole and subset (one sequential read beats a read per row), a sparse one gathers just
+    its rows. Same order and padding as scan_top_k."""
     _check_dim(bank, dim, "bank")
     q = truncate_normalize_np(queries, dim)
     best_s = np.empty((len(q), 0), np.float32)
     best_i = np.empty((len(q), 0), np.int64)
-    step = max(1, budget // dim)
-    for start in range(0, len(rows), step):
-        ids = np.asarray(rows[start : start + step], np.int64)
-        x = truncate_normalize_np(np.asarray(bank[ids, :dim]), dim)
-        s = q @ x.T
+    rows = np.asarray(rows, np.int64)
+    window = max(1, budget // dim)
+    cuts = np.searchsorted(rows, np.arange(0, len(bank) + window, window))
+    for w, (lo, hi) in enumerate(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)):
+        if hi == lo:
+            continue
+        ids, start = rows[lo:hi], w * window
+        end = min(start + window, len(bank))
+        if (hi - lo) * DENSE >= end - start:
+            x = np.asarray(bank[start:end, :dim])[ids - start]
+        else:
+            x = np.asarray(bank[ids, :dim])
+        s = q @ truncate_normalize_np(x, dim).T
         best_s, best_i = _keep_top(
             np.concatenate([best_s, s], 1),
             np.concatenate([best_i, np.broadcast_to(ids, s.shape)], 1),

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from index.ann import AnnIndex, build_ann
+from index.calibrate import load as load_calibration
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
@@ -277,6 +278,7 @@ class IndexStore:
         self.items: list[dict[str, Any] | None] = items
         self.row_of = {item["id"]: r for r, item in enumerate(items)}
         self.payload = PayloadIndex(items)
+        self.calibration = load_calibration(self.directory, manifest)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -384,7 +386,9 @@ class IndexStore:
             live = np.array(sorted(self.row_of.values()), dtype=np.int64)
             old = self.manifest
             gen = int(old["generation"]) + 1
-            info = {k: v for k, v in old.items() if k not in ("vectors", "items", "wal")}
+            info = {
+                k: v for k, v in old.items() if k not in ("vectors", "items", "wal", "calibration")
+            }
             rows = self.vectors.rows
             chunks = (rows[live[i : i + CHUNK]] for i in range(0, len(live), CHUNK))
             write_generation(
@@ -403,10 +407,21 @@ class IndexStore:
             self._wal = WriteAheadLog(self.directory / self.manifest["wal"], 0)
             self.ops_since_compaction = 0
             old_ann = [old["ann"]["file"]] if old.get("ann") else []
-            for name in (old["vectors"], old["items"], old["wal"], *old_ann):
+            old_table = [old["calibration"]] if old.get("calibration") else []
+            for name in (old["vectors"], old["items"], old["wal"], *old_ann, *old_table):
                 (self.directory / name).unlink(missing_ok=True)
             for dim in dims:
                 self.vectors.warm(dim)
+            self.recalibrate()
+
+    def recalibrate(self) -> None:
+        """Measure and save the recall table of the current generation (index.calibrate)."""
+        from index import calibrate
+
+        with self.lock:
+            table = calibrate.calibrate(self)
+            calibrate.save(self, table)
+            self.calibration = table
 
     def close(self) -> None:
         if self._wal is not None:
