@@ -12,7 +12,8 @@ neighbourhood). Filters `bucket < 500 / 100 / 10` and `bucket == 7` admit 50%, 1
 0.1%. Truth: exact filtered top-10 at the full dim over the admitted rows.
 
 Per selectivity, through IndexStore.search (payload bitmap included) at batch 1:
-  - `ann_inside`: the ANN with the filter as an IDSelector (use_ann forced), rerank at 256;
+  - `ann_naive`: the ANN with the filter as an IDSelector at the request's knobs, rerank;
+  - `ann_inside`: the same with the planner's widened probe (use_ann forced, no scan);
   - `matching_rows`: the exact scan of the admitted rows at 256 (the planner's other route);
   - `post_filter`: the unfiltered funnel, then dropping refused hits (what a client does
     without filters: recall loss when the filter is selective);
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from index.filter import BoundedFilter
 from index.plan import SearchKnobs, SearchPlan
 from index.planner import EXACT_SCAN_ROWS
-from index.search import scan_rows, set_threads
+from index.search import rerank, scan_rows, set_threads
 from index.store import IndexStore, write_generation
 
 K = 10
@@ -95,6 +96,14 @@ def matching_rows(store: IndexStore, q: np.ndarray, node, width: int) -> np.ndar
         return scan_rows(store.vectors.rows, q, K, width, np.flatnonzero(allowed))[1]
 
 
+def naive(store: IndexStore, q: np.ndarray, node, shortlist: int, knobs) -> np.ndarray:
+    """The filter as an IDSelector at the request's knobs, no widening, then the rerank."""
+    with store.lock:
+        allowed = store.payload.mask(node) & ~store.vectors.dead
+        _, cand = store.vectors.ann.search(q, shortlist, knobs, allowed)
+        return rerank(store.vectors.rows, q, cand, K, store.width)[1]
+
+
 def ms_of(fn, q: np.ndarray, budget_s: float) -> float:
     return per_query_ms(fn, q, 1, budget_s)
 
@@ -105,12 +114,12 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--factory", default="IVF4096,Flat")
     p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--nprobe", type=int, default=64)
-    p.add_argument("--shortlist", type=int, default=200)
+    p.add_argument("--nprobe", type=int, default=256)
+    p.add_argument("--shortlist", type=int, default=1000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-filter"))
     p.add_argument("--budget-s", type=float, default=3.0, help="timing budget per cell")
-    p.add_argument("--switch", default="1000,2000,5000,10000,20000,50000,100000")
+    p.add_argument("--switch", default="1000,2000,5000,10000,20000,50000")
     p.add_argument("--threads", type=int, default=1, help="FAISS threads (2 spin under load)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
@@ -153,6 +162,9 @@ def main() -> None:
         def ann_inside(x, node=node):
             return store.search(x, SearchPlan(**{**base.__dict__, "use_ann": True, "filter": node}))
 
+        def ann_naive(x, node=node):
+            return naive(store, x, node, a.shortlist, knobs)
+
         def matching(x, node=node):
             return matching_rows(store, x, node, a.width)
 
@@ -165,16 +177,22 @@ def main() -> None:
             return store.search(x, SearchPlan(**{**base.__dict__, "filter": node}))
 
         for label, fn, ids_of in (
+            ("ann_naive", ann_naive, lambda r: r),
             ("ann_inside", ann_inside, lambda h: h.rows),
             ("matching_rows", matching, lambda r: r),
             ("post_filter", post_filter, lambda r: r),
             ("planner", planner, lambda h: h.rows),
         ):
-            found = np.concatenate([ids_of(fn(q_all[i : i + 1])) for i in range(len(q_all))])
+            if label == "matching_rows":  # exact by construction: one pass for all queries
+                found = ids_of(fn(q_all))
+            else:
+                found = np.concatenate([ids_of(fn(q_all[i : i + 1])) for i in range(len(q_all))])
             row[f"{label}_recall"] = recall([[r for r in f if r >= 0] for f in found], truth)
             row[f"{label}_ms"] = ms_of(fn, q_all, a.budget_s)
-            if label == "planner":
-                row["planner_route"] = fn(q_all[:1]).route.kind
+            if label in ("planner", "ann_inside"):
+                route = fn(q_all[:1]).route
+                row[f"{label}_route"] = route.kind
+                row[f"{label}_nprobe"] = route.knobs.nprobe if route.knobs else None
         row["loadavg"] = loadavg()
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
@@ -187,11 +205,16 @@ def main() -> None:
         truth, matched = truth_for(store, q_all[:100], node, a.width)
         cell = {"bucket_lt": b, "matched": matched}
         plan = SearchPlan(**{**base.__dict__, "use_ann": True, "filter": node})
+        cell["ann_inside_nprobe"] = store.search(q_all[:1], plan).route.knobs.nprobe
         for label, fn in (
+            ("ann_naive", lambda x, node=node: naive(store, x, node, a.shortlist, knobs)),
             ("ann_inside", lambda x, plan=plan: store.search(x, plan).rows),
             ("matching_rows", lambda x, node=node: matching_rows(store, x, node, a.width)),
         ):
-            found = np.concatenate([fn(q_all[i : i + 1]) for i in range(100)])
+            if label == "matching_rows":
+                found = fn(q_all[:100])
+            else:
+                found = np.concatenate([fn(q_all[i : i + 1]) for i in range(100)])
             cell[f"{label}_recall"] = recall([[r for r in f if r >= 0] for f in found], truth)
             cell[f"{label}_ms"] = ms_of(fn, q_all[:100], a.budget_s)
         cell["loadavg"] = loadavg()

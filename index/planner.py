@@ -1,56 +1,77 @@
-"""Where a filtered search runs: inside the ANN (its IDSelector skips rows the filter refuses)
-or as an exact scan of just the matching rows.
+"""Where a filtered search runs: inside the ANN (its IDSelector skips rows the filter refuses,
+with the probe widened to make up for them) or as an exact scan of just the matching rows.
 
-An ANN with a filter inside still visits what it would visit unfiltered: an IVF probes
-`nprobe` of its `nlist` lists, so it meets about matched x nprobe / nlist admitted rows; when
-that is not several times the shortlist, the true filtered neighbours sit in lists it never
-opens and recall falls (HNSW's graph walk thins out the same way). Exact scanning the matching
-rows costs time linear in their count and is exact. So the planner scans exactly when
-  - the filter admits at most EXACT_SCAN_ROWS rows (a scan that cheap beats the funnel), or
-  - an IVF would meet fewer than IVF_VISIT_FACTOR x shortlist admitted rows, or
-  - an HNSW's share of admitted rows is below HNSW_MIN_SHARE, or
-  - the ANN cannot take a filter inside (binary indexes),
-as Qdrant (full_scan_threshold) and Milvus do. docs/SEARCH.md "Filters" has the measurement
-behind the numbers (bench/bench_filter.py).
+An ANN with a filter inside visits what it would visit unfiltered: an IVF probes `nprobe` of
+its `nlist` lists and so meets about matched x nprobe / nlist admitted rows. When that is not
+several times the shortlist, the true filtered neighbours sit in lists it never opens and
+recall falls (bench_filter: 0.64 at 0.1% with the unfiltered nprobe). So the planner widens
+the probe to meet IVF_VISIT_FACTOR x shortlist admitted rows, and scans the matching rows
+exactly instead when that is cheaper: a probe touches one small code per visited row, the
+scan reads and scores one full-dim row per match, SCAN_COST_RATIO times more (measured).
+HNSW's graph walk thins out the same way: below HNSW_MIN_SHARE of admitted rows it scans,
+above it widens ef_search to shortlist / share. A filter admitting at most EXACT_SCAN_ROWS
+rows is always scanned (cheaper than any probe, and exact). Binary ANNs cannot take a filter
+inside: the exact shortlist filters exactly. Qdrant (full_scan_threshold) and Milvus plan the
+same way. docs/SEARCH.md "Filters" has the measurements behind the numbers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import faiss
 
 from index.ann import AnnIndex
+from index.plan import SearchKnobs
 
-# bench_filter (1M rows, dim 32 IVF4096): the exact scan of the matching rows at the final dim
-# costs about as much as the filtered funnel at ~20,000 rows (see docs/SEARCH.md).
-EXACT_SCAN_ROWS = 20_000
+EXACT_SCAN_ROWS = 1000
 IVF_VISIT_FACTOR = 4
+SCAN_COST_RATIO = 50  # one exact full-dim row scanned ~ this many IVF codes probed
 HNSW_MIN_SHARE = 0.05
+MAX_EF_SEARCH = 4096
 
 RouteKind = Literal["exact", "exact_shortlist", "ann", "matching_rows"]
 
 
 @dataclass(frozen=True)
 class Route:
-    """How one search ran: `kind`, and with a filter, how many live rows it admitted."""
+    """How one search ran: `kind`; with a filter, how many live rows it admitted and the knobs
+    the ANN ran with (widened from the request's)."""
 
     kind: RouteKind
     matched: int | None = None
+    knobs: SearchKnobs | None = None
 
 
-def scan_matching(matched: int, shortlist: int, ann: AnnIndex | None, nprobe: int | None) -> bool:
-    """Whether a filtered search admitting `matched` live rows scans them exactly instead of
-    searching the ANN with the filter inside (module docstring: why each test)."""
+@dataclass(frozen=True)
+class FilteredPlan:
+    """The planner's answer: scan the matching rows, or search the ANN with these knobs."""
+
+    scan: bool
+    knobs: SearchKnobs
+
+
+def plan_filtered(
+    matched: int, shortlist: int, ann: AnnIndex | None, knobs: SearchKnobs
+) -> FilteredPlan:
+    """Scan or ANN (and its widened knobs) for a filter admitting `matched` live rows."""
     if matched <= EXACT_SCAN_ROWS:
-        return True
+        return FilteredPlan(True, knobs)
     if ann is None or not ann.filters_inside:
-        return False  # no ANN to miss with: the exact shortlist path filters exactly
+        return FilteredPlan(False, knobs)  # no ANN to miss with: the exact shortlist filters
     ivf = faiss.try_extract_index_ivf(ann.index)
     if ivf is not None:
-        probes = nprobe if nprobe is not None else ivf.nprobe
-        return matched * min(probes, ivf.nlist) / ivf.nlist < IVF_VISIT_FACTOR * shortlist
+        base = knobs.nprobe if knobs.nprobe is not None else ivf.nprobe
+        need = math.ceil(IVF_VISIT_FACTOR * shortlist * ivf.nlist / matched)
+        nprobe = min(ivf.nlist, max(base, need))
+        visited = nprobe * ann.ntotal / ivf.nlist
+        scan = visited > SCAN_COST_RATIO * matched  # all lists probed still meets every match
+        return FilteredPlan(scan, SearchKnobs(nprobe=nprobe, ef_search=knobs.ef_search))
     if hasattr(ann.index, "hnsw"):
-        return matched / max(ann.live, 1) < HNSW_MIN_SHARE
-    return False
+        share = matched / max(ann.live, 1)
+        base = knobs.ef_search if knobs.ef_search is not None else ann.index.hnsw.efSearch
+        ef = min(MAX_EF_SEARCH, max(base, math.ceil(shortlist / share)))
+        return FilteredPlan(share < HNSW_MIN_SHARE, SearchKnobs(nprobe=knobs.nprobe, ef_search=ef))
+    return FilteredPlan(False, knobs)  # flat-like: every admitted row is scored

@@ -39,7 +39,7 @@ from index.plan import SearchPlan
 from index.planner import Route
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
-from index.vectors import VectorOptions, Vectors
+from index.vectors import Rows, VectorOptions, Vectors
 from index.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
 
 FORMAT = "moco-matryoshka-index/1"
@@ -94,7 +94,7 @@ def write_generation(
     ann = info.get("ann")
     if ann is not None:
         ann = {**ann, "file": f"ann-{generation}.faiss"}
-        rows = np.load(directory / vec_name, mmap_mode="r")
+        rows = Rows(RowFile(directory / vec_name), width)  # pread: nothing stays mapped
         index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
         index.save(directory / ann["file"])
     manifest = {
@@ -117,23 +117,33 @@ def write_generation(
 def write_vectors(
     path: Path, dtype: str, count: int, width: int, chunks: Iterable[np.ndarray]
 ) -> None:
-    """The [count, width] vectors file, refusing NaN/inf (also from a float16 overflow): a
-    generation holding one would be refused at every start, so it is never written."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, width))
+    """The [count, width] vectors file, written chunk by chunk with plain writes (a memory map
+    would keep every written page in the builder's resident set: memory growing with the item
+    count), refusing NaN/inf (also from a float16 overflow): a generation holding one would
+    be refused at every start, so it is never written."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": (count, width),
+    }
     row = 0
-    for chunk in chunks:
-        with np.errstate(over="ignore"):
-            out[row : row + len(chunk)] = chunk
-        bad = nonfinite_rows(out[row : row + len(chunk)])
-        if len(bad):
-            raise ValueError(
-                f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no search "
-                "could find it; refusing to write the generation"
-            )
-        row += len(chunk)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            with np.errstate(over="ignore"):
+                block = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1, width)
+            bad = nonfinite_rows(block)
+            if len(bad):
+                raise ValueError(
+                    f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no "
+                    "search could find it; refusing to write the generation"
+                )
+            if row + len(block) > count:
+                raise ValueError(f"more than the {count} vectors announced")
+            f.write(block.tobytes())
+            row += len(block)
     if row != count:
         raise ValueError(f"wrote {row} vectors, expected {count}")
-    out.flush()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

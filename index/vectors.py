@@ -13,7 +13,7 @@ the ANN, rerank exactly from the stored vectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faiss
@@ -22,7 +22,7 @@ import numpy as np
 from core.nesting import truncate_normalize_np
 from index.ann import AnnIndex
 from index.plan import SearchPlan
-from index.planner import Route, scan_matching
+from index.planner import Route, plan_filtered
 from index.rowfile import RowFile
 from index.search import rerank, scan_rows, scan_top_k, search_index
 
@@ -208,9 +208,10 @@ class Vectors:
         shortlist = min(plan.shortlist_size(len(self)), max(matched, 1))
         use_ann = self.uses_ann(plan.dim, plan.use_ann if plan.adaptive else True)
         ann = self.ann if use_ann else None
-        if matched == 0 or (
-            plan.use_ann is not True and scan_matching(matched, shortlist, ann, plan.knobs.nprobe)
-        ):
+        chosen = plan_filtered(matched, shortlist, ann, plan.knobs)
+        if plan.use_ann is True and ann is not None and ann.filters_inside:
+            chosen = replace(chosen, scan=matched == 0)  # asked for: the ANN, widened
+        if chosen.scan:
             rows = np.flatnonzero(allowed)
             k = min(plan.k, max(matched, 1))
             scores, ids = scan_rows(self.rows, queries, k, plan.final_dim, rows)
@@ -219,13 +220,13 @@ class Vectors:
             scores, ids = self.exact(queries, plan.k, plan.dim, allowed)
             return scores, ids, Route("exact", matched)
         if ann is not None and ann.filters_inside:
-            _, candidates = ann.search(queries, shortlist, plan.knobs, allowed)
-            kind = "ann"
+            _, candidates = ann.search(queries, shortlist, chosen.knobs, allowed)
+            route = Route("ann", matched, chosen.knobs)
         else:
             _, candidates = self.exact(queries, shortlist, plan.dim, allowed)
-            kind = "exact_shortlist"
+            route = Route("exact_shortlist", matched)
         scores, ids = rerank(self.rows, queries, candidates, plan.k, plan.final_dim)
-        return (*_pad(scores, ids, plan.k), Route(kind, matched))
+        return (*_pad(scores, ids, plan.k), route)
 
 
 def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -148,6 +148,7 @@ class IndexService:
         hits = await self._search(x, plan)
         searched = time.perf_counter() - start
         quantiles = self.neighbour_quantiles.get(plan.final_dim)
+        ran = hits.route.knobs or plan.knobs  # a filter may have widened the ANN's knobs
         response = SearchResponse(
             dim=plan.dim,
             rerank_dim=plan.rerank_dim,
@@ -155,8 +156,8 @@ class IndexService:
             search=SearchInfo(
                 route=hits.route.kind,
                 shortlist=plan.shortlist if plan.adaptive or plan.use_ann else None,
-                nprobe=plan.knobs.nprobe if hits.route.kind == "ann" else None,
-                ef_search=plan.knobs.ef_search if hits.route.kind == "ann" else None,
+                nprobe=ran.nprobe if hits.route.kind == "ann" else None,
+                ef_search=ran.ef_search if hits.route.kind == "ann" else None,
                 matched=hits.route.matched,
                 recall_target=body.recall_target,
                 calibrated_recall=picked.recall if picked is not None else None,

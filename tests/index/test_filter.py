@@ -227,7 +227,7 @@ def test_filtered_search_equals_brute_force(
     if ann == ("HNSW16", 16) and raw is NARROW:
         pytest.skip("a 1% filter inside HNSW loses recall: the planner scans (test_planner_switch)")
     monkeypatch.setattr(planner, "EXACT_SCAN_ROWS", scan_rows)
-    monkeypatch.setattr(planner, "IVF_VISIT_FACTOR", 0)
+    monkeypatch.setattr(planner, "SCAN_COST_RATIO", 10**9)
     monkeypatch.setattr(planner, "HNSW_MIN_SHARE", 0)
     n = 2000
     store, x = store_with(tmp_path / "i", n, ann)
@@ -283,22 +283,31 @@ def test_a_filter_admitting_fewer_than_k_returns_just_those(tmp_path):
 # the planner's switch --------------------------------------------------------------------------
 
 
-def test_planner_switch(tmp_path):
+def test_planner_switch_for_ivf(tmp_path, monkeypatch):
     store, _ = store_with(tmp_path / "i", 3000, ("IVF16,Flat", 16))
-    ivf = store.ann
-    assert planner.scan_matching(planner.EXACT_SCAN_ROWS, 100, ivf, 16)
-    big = planner.EXACT_SCAN_ROWS + 1
-    assert not planner.scan_matching(big, 100, ivf, 16)  # every list probed: meets them all
-    # nprobe 1 of 16 lists meets big/16 admitted rows, under 4 x a shortlist of 400
-    assert planner.scan_matching(big, 400, ivf, 1)
-    assert not planner.scan_matching(big, 100, None, None)  # exact shortlist filters exactly
+    ivf, one = store.ann, SearchKnobs(nprobe=1)
+    assert planner.plan_filtered(planner.EXACT_SCAN_ROWS, 100, ivf, one).scan
+    monkeypatch.setattr(planner, "EXACT_SCAN_ROWS", 0)
+    # 2000 admitted of 3000 in 16 lists: 4 lists meet 4 x 100 of them; cheaper than a scan
+    assert planner.plan_filtered(2000, 100, ivf, one) == planner.FilteredPlan(
+        False, SearchKnobs(nprobe=4)
+    )
+    assert planner.plan_filtered(2000, 100, ivf, SearchKnobs(nprobe=9)).knobs.nprobe == 9
+    # 4 x 400 of 1500 admitted rows would need 18 of the 16 lists: all 16, meeting every one
+    assert planner.plan_filtered(1500, 400, ivf, one).knobs.nprobe == 16
+    # probing every list (3000 codes) costs more than scanning 50 rows (x SCAN_COST_RATIO)
+    assert planner.plan_filtered(50, 10, ivf, SearchKnobs(nprobe=16)).scan
+    assert not planner.plan_filtered(1500, 10, ivf, SearchKnobs(nprobe=16)).scan
+    assert not planner.plan_filtered(5, 100, None, one).scan  # the exact shortlist filters
 
 
 def test_planner_switch_for_hnsw(tmp_path, monkeypatch):
     monkeypatch.setattr(planner, "EXACT_SCAN_ROWS", 0)
     hnsw, _ = store_with(tmp_path / "h", 3000, ("HNSW16", 16))
-    assert planner.scan_matching(100, 10, hnsw.ann, None)  # 3.3% of the rows: under 5%
-    assert not planner.scan_matching(1000, 10, hnsw.ann, None)
+    ef = SearchKnobs(ef_search=16)
+    assert planner.plan_filtered(100, 10, hnsw.ann, ef).scan  # 3.3% of the rows: under 5%
+    wide = planner.plan_filtered(1000, 100, hnsw.ann, ef)  # a third: ef 3 x the shortlist
+    assert wide == planner.FilteredPlan(False, SearchKnobs(ef_search=300))
 
 
 def test_selective_filters_scan_and_broad_ones_use_the_ann(tmp_path, monkeypatch):
@@ -322,7 +331,7 @@ def test_selective_filters_scan_and_broad_ones_use_the_ann(tmp_path, monkeypatch
 @pytest.mark.parametrize("ann", [None, ("IVF16,Flat", 16), ("HNSW16", 16)])
 def test_filters_follow_adds_deletes_replay_and_compaction(tmp_path, monkeypatch, ann):
     monkeypatch.setattr(planner, "EXACT_SCAN_ROWS", 0)
-    monkeypatch.setattr(planner, "IVF_VISIT_FACTOR", 0)
+    monkeypatch.setattr(planner, "SCAN_COST_RATIO", 10**9)
     monkeypatch.setattr(planner, "HNSW_MIN_SHARE", 0)
     store, _ = store_with(tmp_path / "i", 1500, ann)
     extra = matryoshka_vectors(100, 32, seed=21)
