@@ -4,15 +4,18 @@ with the probe widened to make up for them) or as an exact scan of just the matc
 An ANN with a filter inside visits what it would visit unfiltered: an IVF probes `nprobe` of
 its `nlist` lists and so meets about matched x nprobe / nlist admitted rows. When that is not
 several times the shortlist, the true filtered neighbours sit in lists it never opens and
-recall falls (bench_filter: 0.64 at 0.1% with the unfiltered nprobe). So the planner widens
-the probe to meet IVF_VISIT_FACTOR x shortlist admitted rows, and scans the matching rows
-exactly instead when that is cheaper: a probe touches one small code per visited row, the
-scan reads and scores one full-dim row per match, SCAN_COST_RATIO times more (measured).
-HNSW's graph walk thins out the same way: below HNSW_MIN_SHARE of admitted rows it scans,
+recall falls (bench_filter, 1M rows: 0.96-0.97 at 0.1% with the request's nprobe). So the
+planner widens the probe to meet IVF_VISIT_FACTOR x shortlist admitted rows (recall 1.000
+there), and scans the matching rows exactly instead when that is cheaper. Costs, measured:
+the scan reads and scores one full-dim row per match, as the funnel's rerank does per
+shortlisted row; the probe costs one row's worth per SCAN_COST_RATIO codes visited. So the
+scan wins when matched <= shortlist + visited / SCAN_COST_RATIO (about 2,000 rows at 1M with
+a shortlist of 1,000 and every list probed; measured crossover 2,000-5,000). HNSW's graph walk
+thins out the same way: below HNSW_MIN_SHARE of admitted rows it scans (not measured here),
 above it widens ef_search to shortlist / share. A filter admitting at most EXACT_SCAN_ROWS
-rows is always scanned (cheaper than any probe, and exact). Binary ANNs cannot take a filter
-inside: the exact shortlist filters exactly. Qdrant (full_scan_threshold) and Milvus plan the
-same way. docs/SEARCH.md "Filters" has the measurements behind the numbers.
+rows is always scanned. Binary ANNs cannot take a filter inside: the exact shortlist filters
+exactly. Qdrant (full_scan_threshold) and Milvus plan the same way. docs/SEARCH.md "Filters"
+has the table.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from index.plan import SearchKnobs
 
 EXACT_SCAN_ROWS = 1000
 IVF_VISIT_FACTOR = 4
-SCAN_COST_RATIO = 50  # one exact full-dim row scanned ~ this many IVF codes probed
+SCAN_COST_RATIO = 1000  # one full-dim row scanned costs about this many IVF codes probed
 HNSW_MIN_SHARE = 0.05
 MAX_EF_SEARCH = 4096
 
@@ -57,21 +60,21 @@ def plan_filtered(
     matched: int, shortlist: int, ann: AnnIndex | None, knobs: SearchKnobs
 ) -> FilteredPlan:
     """Scan or ANN (and its widened knobs) for a filter admitting `matched` live rows."""
-    if matched <= EXACT_SCAN_ROWS:
-        return FilteredPlan(True, knobs)
     if ann is None or not ann.filters_inside:
-        return FilteredPlan(False, knobs)  # no ANN to miss with: the exact shortlist filters
+        # no ANN to miss with: the exact shortlist filters exactly
+        return FilteredPlan(matched <= EXACT_SCAN_ROWS, knobs)
     ivf = faiss.try_extract_index_ivf(ann.index)
     if ivf is not None:
         base = knobs.nprobe if knobs.nprobe is not None else ivf.nprobe
-        need = math.ceil(IVF_VISIT_FACTOR * shortlist * ivf.nlist / matched)
+        need = math.ceil(IVF_VISIT_FACTOR * shortlist * ivf.nlist / max(matched, 1))
         nprobe = min(ivf.nlist, max(base, need))
         visited = nprobe * ann.ntotal / ivf.nlist
-        scan = visited > SCAN_COST_RATIO * matched  # all lists probed still meets every match
+        scan = matched <= max(EXACT_SCAN_ROWS, shortlist + visited / SCAN_COST_RATIO)
         return FilteredPlan(scan, SearchKnobs(nprobe=nprobe, ef_search=knobs.ef_search))
     if hasattr(ann.index, "hnsw"):
-        share = matched / max(ann.live, 1)
+        share = max(matched, 1) / max(ann.live, 1)
         base = knobs.ef_search if knobs.ef_search is not None else ann.index.hnsw.efSearch
         ef = min(MAX_EF_SEARCH, max(base, math.ceil(shortlist / share)))
-        return FilteredPlan(share < HNSW_MIN_SHARE, SearchKnobs(nprobe=knobs.nprobe, ef_search=ef))
-    return FilteredPlan(False, knobs)  # flat-like: every admitted row is scored
+        scan = matched <= EXACT_SCAN_ROWS or share < HNSW_MIN_SHARE
+        return FilteredPlan(scan, SearchKnobs(nprobe=knobs.nprobe, ef_search=ef))
+    return FilteredPlan(matched <= EXACT_SCAN_ROWS, knobs)  # flat-like: every row is scored

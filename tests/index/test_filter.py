@@ -224,8 +224,6 @@ NARROW = {
 def test_filtered_search_equals_brute_force(
     tmp_path, monkeypatch, raw, ann, plan_args, scan_rows, route
 ):
-    if ann == ("HNSW16", 16) and raw is NARROW:
-        pytest.skip("a 1% filter inside HNSW loses recall: the planner scans (test_planner_switch)")
     monkeypatch.setattr(planner, "EXACT_SCAN_ROWS", scan_rows)
     monkeypatch.setattr(planner, "SCAN_COST_RATIO", 10**9)
     monkeypatch.setattr(planner, "HNSW_MIN_SHARE", 0)
@@ -236,7 +234,8 @@ def test_filtered_search_equals_brute_force(
     q = matryoshka_vectors(20, 32, seed=11)
     node = parse(raw)
     knobs = SearchKnobs(nprobe=16, ef_search=400)
-    hits = store.search(q, SearchPlan(*plan_args, knobs=knobs, filter=node))
+    forced = True if route == "ann" else None  # the planner would scan rows this few
+    hits = store.search(q, SearchPlan(*plan_args, knobs=knobs, filter=node, use_ann=forced))
     live = sorted(store.row_of.values())
     truth = brute_force(
         x, store.items, live, q, 10, plan_args[-1] if len(plan_args) == 2 else 32, node
@@ -288,16 +287,18 @@ def test_planner_switch_for_ivf(tmp_path, monkeypatch):
     ivf, one = store.ann, SearchKnobs(nprobe=1)
     assert planner.plan_filtered(planner.EXACT_SCAN_ROWS, 100, ivf, one).scan
     monkeypatch.setattr(planner, "EXACT_SCAN_ROWS", 0)
-    # 2000 admitted of 3000 in 16 lists: 4 lists meet 4 x 100 of them; cheaper than a scan
+    monkeypatch.setattr(planner, "SCAN_COST_RATIO", 10)
+    # 2000 admitted of 3000 in 16 lists: 4 lists meet 4 x 100 of them; 750 codes probed
+    # cost 75 rows, so the probe (100 + 75 rows' worth) beats scanning 2000 rows
     assert planner.plan_filtered(2000, 100, ivf, one) == planner.FilteredPlan(
         False, SearchKnobs(nprobe=4)
     )
     assert planner.plan_filtered(2000, 100, ivf, SearchKnobs(nprobe=9)).knobs.nprobe == 9
     # 4 x 400 of 1500 admitted rows would need 18 of the 16 lists: all 16, meeting every one
     assert planner.plan_filtered(1500, 400, ivf, one).knobs.nprobe == 16
-    # probing every list (3000 codes) costs more than scanning 50 rows (x SCAN_COST_RATIO)
-    assert planner.plan_filtered(50, 10, ivf, SearchKnobs(nprobe=16)).scan
-    assert not planner.plan_filtered(1500, 10, ivf, SearchKnobs(nprobe=16)).scan
+    # 500 matches: probing all 3000 codes (300 rows' worth) + reranking 200 costs more
+    assert planner.plan_filtered(500, 200, ivf, SearchKnobs(nprobe=16)).scan
+    assert not planner.plan_filtered(501, 100, ivf, SearchKnobs(nprobe=16)).scan
     assert not planner.plan_filtered(5, 100, None, one).scan  # the exact shortlist filters
 
 
