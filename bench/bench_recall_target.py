@@ -21,7 +21,7 @@ import numpy as np
 from bench_search import recall
 from common import write_result
 
-from index.calibrate import K
+from index.calibration import K
 from index.search import scan_top_k, set_threads
 from index.store import IndexStore, read_manifest
 

@@ -78,7 +78,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def calibrate_folder(folder: Path) -> None:
-    """The folder's recall table (index.calibrate), measured on the built generation."""
+    """The folder's recall table (index.calibration), measured on the built generation."""
     store = IndexStore(folder, read_manifest(folder), writable=False)
     try:
         store.recalibrate()

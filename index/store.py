@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from index import calibration
 from index.ann import AnnIndex, build_ann
-from index.calibrate import load as load_calibration
+from index.calibration import load as load_calibration
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
@@ -425,12 +426,10 @@ class IndexStore:
             self.recalibrate()
 
     def recalibrate(self) -> None:
-        """Measure and save the recall table of the current generation (index.calibrate)."""
-        from index import calibrate
-
+        """Measure and save the recall table of the current generation (index.calibration)."""
         with self.lock:
-            table = calibrate.calibrate(self)
-            calibrate.save(self, table)
+            table = calibration.calibrate(self)
+            calibration.save(self, table)
             self.calibration = table
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 
-from index.calibrate import Setting
+from index.calibration import Setting
 from index.dims import percentile_of, read_dims_report
 from index.plan import SearchKnobs, SearchPlan
 from index.search import gpu_count

@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from index.calibrate import Setting as CalibratedSetting
+from index.calibration import Setting as CalibratedSetting
 from index.filter import BoundedFilter
 
 MAX_BATCH = 4096  # images, vectors or items in one request

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from support import NESTING, matryoshka_vectors
 
-from index import calibrate
+from index import calibrate, calibration
 from server.app import create_app
 from server.settings import Settings
 from trainer.build_index import IndexBuildConfig, build_index_folder
@@ -27,7 +27,7 @@ FULL = NESTING[-1]
 def ivf_index(checkpoint, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("idx") / "index"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(calibrate, "MIN_ROWS", 100)  # the tiny index gets a full table
+        mp.setattr(calibration, "MIN_ROWS", 100)  # the tiny index gets a full table
         build_index_folder(
             IndexBuildConfig(
                 checkpoint=checkpoint,
@@ -161,10 +161,10 @@ def test_recall_target_picks_a_calibrated_setting_and_knobs_win(client):
         assert r.status_code == 200, r.text
         info = r.json()["search"]
         assert info["recall_target"] == target and info["calibrated_recall"] >= target
-        expected = calibrate.Calibration(**table).pick(target)
+        expected = calibration.Calibration(**table).pick(target)
         assert r.json()["dim"] == expected.dim
         assert f"calibrated_recall={info['calibrated_recall']}" in r.headers["X-Search-Plan"]
-    low = calibrate.Calibration(**table).pick(0.5)
+    low = calibration.Calibration(**table).pick(0.5)
     if low.rerank_dim is not None:
         r = client.post("/v1/search", json={"vectors": q, "recall_target": 0.5, "shortlist": 77})
         assert r.json()["search"]["shortlist"] == 77  # a knob given wins over the pick
