@@ -35,7 +35,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 
 # `make help` lists these with their values as this command line sets them.
 HELP_VARS := DATASET ARCH EPOCHS OUTPUT ARGS NPROC INDEX SPLIT SERVE_HOST SERVE_PORT TRAIN \
-	TORCH_INDEX OVERLAY VARIANT GRID SEEDS
+	TORCH_INDEX OVERLAY RUNTIME VARIANT GRID SEEDS
 help: ## list the targets and the variables they read
 	@echo "targets:"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/\$$(\([A-Z_]*\))/\1/g' | \
@@ -99,22 +99,32 @@ test-ui: $(STAMP) ## the search page in headless Chromium against a real server 
 clean: ## remove the venv and runs/
 	rm -rf $(VENV) runs
 
-# Containers and Kubernetes (docs/KUBERNETES.md). OVERLAY picks k8s/overlays/<name>.
+# Containers and Kubernetes (docs/KUBERNETES.md). OVERLAY picks k8s/overlays/<name>, RUNTIME=trainjob
+# k8s/overlays/trainjob/<name> (training as a Kubeflow Trainer TrainJob).
 VARIANT ?= cpu
 HELP_VARIANT := image variant: cpu | gpu
 IMAGE_REPO ?= moco-matryoshka
 DOCKERFILES := docker/trainer.Dockerfile docker/server.Dockerfile
 OVERLAY ?= cpu
-HELP_OVERLAY := k8s overlay: cpu | gpu | mig
+HELP_OVERLAY := k8s overlay: cpu | gpu | mig | dra/gpu | dra/mig (DRA claims)
+RUNTIME ?= job
+HELP_RUNTIME := k8s training: job (Indexed Job) | trainjob (Kubeflow Trainer >= v2.2)
 K8S_OVERLAYS := gpu mig cpu
+# Checked by k8s/validate.py: custom resources against the CRDs in k8s/crds/.
+K8S_TRAINJOB_OVERLAYS := trainjob/gpu trainjob/mig trainjob/cpu trainjob/kueue
+K8S_DRA_OVERLAYS := dra/gpu dra/mig
 # Oldest supported (Job pod failure policy GA) and newest the offline schemas know.
 K8S_VERSIONS ?= 1.31.0 1.37.0
+# resource.k8s.io/v1 (DRA): v1.35 has it on by default.
+K8S_DRA_VERSIONS ?= 1.35.0 1.37.0
 K8S_NS ?=
 K8S_WAIT ?= 30m
 COMPONENT ?= train
 KUBECTL ?= kubectl
 KCTL := $(KUBECTL) $(if $(K8S_NS),--namespace $(K8S_NS))
-KAPPLY = $(KCTL) apply -k k8s/overlays/$(OVERLAY) -l 'app.kubernetes.io/component in (config,storage,$(1))'
+K8S_DIR = k8s/overlays/$(if $(filter trainjob,$(RUNTIME)),trainjob/)$(OVERLAY)
+KAPPLY = $(KCTL) apply -k $(K8S_DIR) -l 'app.kubernetes.io/component in (config,storage,$(1))'
+K8S_CHECK = $(KUBECTL) kustomize $(1) | $(PY) k8s/validate.py --label $(1) $(foreach v,$(2),-k $(v)) -
 
 k8s-validate: $(STAMP) ## render every k8s overlay, validate it offline (strict), hadolint the Dockerfiles
 	@command -v $(KUBECTL) >/dev/null || { echo "k8s-validate: '$(KUBECTL)' not found; it renders the overlays (kubectl kustomize)" >&2; exit 1; }
@@ -123,11 +133,15 @@ k8s-validate: $(STAMP) ## render every k8s overlay, validate it offline (strict)
 			$(VENV)/bin/kubernetes-validate --strict --quiet -k $$v -; \
 		echo "k8s/overlays/$$o: valid (Kubernetes $$v, strict)"; \
 	done; done
+	@set -eo pipefail; $(foreach o,$(K8S_TRAINJOB_OVERLAYS),$(call K8S_CHECK,k8s/overlays/$(o),$(K8S_VERSIONS));) \
+		$(foreach o,$(K8S_DRA_OVERLAYS),$(call K8S_CHECK,k8s/overlays/$(o),$(K8S_DRA_VERSIONS));) \
+		$(call K8S_CHECK,k8s/kueue,$(K8S_VERSIONS))
 	$(VENV)/bin/hadolint $(DOCKERFILES)
 	@echo "hadolint: $(DOCKERFILES) clean"
 
-k8s-train: ## train on Kubernetes (OVERLAY=gpu|mig|cpu); a rerun restarts the Job, which resumes
-	$(KCTL) delete job moco-train --ignore-not-found --wait
+k8s-train: ## train on Kubernetes (OVERLAY, RUNTIME=job|trainjob); a rerun restarts the run, which resumes
+	@case "$(RUNTIME)" in job|trainjob) ;; *) echo "k8s-train: RUNTIME must be job or trainjob, not '$(RUNTIME)'" >&2; exit 2;; esac
+	$(KCTL) delete $(if $(filter trainjob,$(RUNTIME)),trainjob,job) moco-train --ignore-not-found --wait
 	$(call KAPPLY,train)
 
 k8s-eval: ## evaluate the run's checkpoint on Kubernetes -> /runs/<name>/eval.json
@@ -162,8 +176,8 @@ docker-build: ## build the trainer and server images (VARIANT=cpu|gpu) with dock
 docker-test: ## build both images, then train/SIGTERM/resume/eval/index/serve in containers, timed
 	$(CONTAINER_ENV) docker/docker-test.sh
 
-k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods under podman kube play (images built)
-	OVERLAY=$(OVERLAY) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
+k8s-podman-test: $(STAMP) ## run the OVERLAY's rendered pods (RUNTIME=job|trainjob) under podman kube play (images built)
+	OVERLAY=$(OVERLAY) RUNTIME=$(RUNTIME) KUBECTL=$(KUBECTL) PY=$(PY) docker/k8s-podman-test.sh
 
 # make ablate / make compare: a grid of trainer variants x seeds -> one table + plot (experiments.ablate).
 GRID ?= grids/compare.toml

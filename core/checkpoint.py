@@ -20,6 +20,7 @@ from core.atomic import atomic_write
 from core.cli import UsageError
 from core.config import ModelConfig
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.quantize import Calibration
 
 FORMAT = "moco-matryoshka/2"
 FORMAT_V1 = "moco-matryoshka/1"
@@ -53,21 +54,16 @@ class Checkpoint:
     # The run's data record (split sizes and the held-out rule, JSON-safe): only the trainer
     # reads it, through trainer.checkpointing.split_record; {} in files saved before it existed.
     data: dict[str, Any] = field(default_factory=dict)
+    # The int8/uint8 grid per nesting dim (core.quantize), fitted with the rotation when
+    # training finished; None in files saved before it existed (`python -m trainer.calibrate`).
+    calibration: Calibration | None = None
     source: Path | None = field(default=None, compare=False)
 
     @cached_property
     def fingerprint(self) -> str:
         """A short id of what it serves (weights and rotation), so an index built from another
         checkpoint can be refused."""
-        h = hashlib.sha256()
-        served = dict(self.encoder_q)
-        if self.rotation is not None:
-            served["<rotation>"] = self.rotation
-        for name, tensor in sorted(served.items()):
-            h.update(name.encode())
-            t = tensor.detach().cpu()
-            h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint_of(self.encoder_q, self.rotation)
 
     def _to_file(self) -> dict[str, Any]:
         return {
@@ -85,7 +81,44 @@ class Checkpoint:
             "loss": self.loss,
             "rotation": self.rotation,
             "data": self.data,
+            "calibration": _calibration_to_file(self.calibration),
         }
+
+
+def fingerprint_of(weights: dict[str, torch.Tensor], rotation: torch.Tensor | None) -> str:
+    """sha256 of the served weights and rotation (16 hex digits): the same for a checkpoint
+    and its exported folder, so an index built from one is served by the other."""
+    h = hashlib.sha256()
+    served = dict(weights)
+    if rotation is not None:
+        served["<rotation>"] = rotation
+    for name, tensor in sorted(served.items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu()
+        h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _calibration_to_file(c: Calibration | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"dims": list(c.dims), "low": torch.from_numpy(c.low), "high": torch.from_numpy(c.high)}
+
+
+def _calibration(value: Any, model: ModelConfig, path: Path) -> Calibration | None:
+    """None, or ranges at exactly the model's nesting dims."""
+    if value is None:
+        return None
+    try:
+        c = Calibration.from_arrays(value["dims"], value["low"].numpy(), value["high"].numpy())
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has an unusable int8 calibration ({e})") from None
+    if list(c.dims) != list(model.nesting_list):
+        raise CheckpointError(
+            f"checkpoint {path} has an int8 calibration at dims {list(c.dims)}, "
+            f"not the model's {model.nesting_list}"
+        )
+    return c
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
@@ -130,6 +163,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             loss=raw["loss"],
             rotation=_rotation(raw["rotation"], model.full_dim, path),
             data=raw["data"] if isinstance(raw["data"], dict) else {},
+            calibration=_calibration(raw["calibration"], model, path),
             source=path,
         )
     except (ValidationError, TypeError, ValueError) as e:
@@ -156,6 +190,7 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         "loss": {},
         "rotation": None,
         "data": {},
+        "calibration": None,  # saved before int8 outputs: `python -m trainer.calibrate` fits it
         **raw,
     }
 

@@ -15,6 +15,7 @@ import torchvision
 
 from core.checkpoint import Checkpoint
 from core.config import ModelConfig
+from core.served import ServedModel
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -122,8 +123,11 @@ class Encoder(nn.Module):
         return z if self.rotation is None else z @ self.rotation
 
 
-def load_encoder(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> Encoder:
-    """The query encoder of a loaded checkpoint (with its rotation), in eval mode, on `device`."""
+def load_encoder(
+    checkpoint: Checkpoint | ServedModel, device: torch.device | str = "cpu"
+) -> Encoder:
+    """The query encoder of a loaded checkpoint or exported folder (with its rotation), in
+    eval mode, on `device`."""
     encoder = Encoder(checkpoint.model)
     encoder.load_state_dict(checkpoint.encoder_q)
     encoder.rotation = checkpoint.rotation

@@ -4,12 +4,16 @@
 # (one worker) -> checkpoint, the eval Job -> eval.json, the index Job -> index, the server
 # Deployment -> answers its readiness probe path. docker/kube_pods.py says what is changed
 # from the rendered manifests (only what a cluster adds). Settings (environment):
-#   OVERLAY (cpu), KUBECTL (kubectl), PY (python with PyYAML), WORK (runs/k8s-podman-test),
+#   OVERLAY (cpu), RUNTIME (job; trainjob: k8s/overlays/trainjob/OVERLAY, the TrainJob's pod as
+#   the Trainer would make it), KUBECTL (kubectl), PY (python with PyYAML), WORK (runs/k8s-podman-test),
 #   RESULTS (JSON summary), CONTAINERS_CONF (e.g. docker/podman-nested.conf), KUBE_PLAY_FLAGS,
 #   ONLY (e.g. "moco-server": run only these pods, on the volumes a previous run left)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OVERLAY=${OVERLAY:-cpu}
+RUNTIME=${RUNTIME:-job}
+case $RUNTIME in job) DIR=k8s/overlays/$OVERLAY ;; trainjob) DIR=k8s/overlays/trainjob/$OVERLAY ;;
+    *) echo "k8s-podman-test: RUNTIME must be job or trainjob, not '$RUNTIME'" >&2; exit 2 ;; esac
 KUBECTL=${KUBECTL:-kubectl}
 PY=${PY:-.venv/bin/python}
 WORK=$(realpath -m "${WORK:-runs/k8s-podman-test}")
@@ -24,7 +28,7 @@ mkdir -p "$WORK/volumes/moco-runs" "$WORK/volumes/moco-data"
 # The pods run as uid 10001 (fsGroup is not applied to host folders).
 chown 10001:10001 "$WORK/volumes/moco-runs" "$WORK/volumes/moco-data" 2>/dev/null ||
     chmod a+rwx "$WORK/volumes/moco-runs" "$WORK/volumes/moco-data"
-"$KUBECTL" kustomize "k8s/overlays/$OVERLAY" >"$WORK/rendered.yaml"
+"$KUBECTL" kustomize "$DIR" >"$WORK/rendered.yaml"
 read -r -a PODS <<<"$("$PY" docker/kube_pods.py "$WORK/rendered.yaml" "$WORK/volumes" "$WORK/pods")"
 RUN_NAME=$("$PY" -c 'import sys, yaml
 for d in yaml.safe_load_all(open(sys.argv[1])):
@@ -103,7 +107,7 @@ want moco-train && { run_job moco-train "$RUNS/checkpoint.pt" || status=1; }
 [ $status = 0 ] && want moco-index && { run_job moco-index "$RUNS/index/manifest.json" || status=1; }
 [ $status = 0 ] && want moco-server && { probe moco-server || status=1; }
 
-"$PY" - "$RESULTS" "$OVERLAY" "$(podman --version)" "$RUNS" "${RESULT_LINES[@]}" <<'PY'
+"$PY" - "$RESULTS" "${DIR#k8s/overlays/}" "$(podman --version)" "$RUNS" "${RESULT_LINES[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 out, overlay, version, runs, *lines = sys.argv[1:]

@@ -41,6 +41,15 @@ def _eval_rows(eval_json: Path | None) -> dict[int, dict[str, float]]:
         raise ValueError(f"{eval_json} is not an evaluator eval.json ({e})") from None
 
 
+def _dtype_rows(eval_json: Path | None) -> list[dict[str, Any]]:
+    """eval.json's (dim, output type) quality rows (trainer.evaluate), [] when it has none."""
+    if eval_json is None:
+        return []
+    rows = json.loads(Path(eval_json).read_text()).get("dtypes") or []
+    keys = ("dim", "dtype", "bytes", "knn_top1", "map_at_k")
+    return [{k: r[k] for k in keys} for r in rows if isinstance(r, dict) and set(keys) <= r.keys()]
+
+
 def _ms_per_query(run, queries: np.ndarray, budget_s: float) -> float:
     """Mean ms of single-query searches: at least 2, until about budget_s has passed."""
     run(queries[:1])  # warm: lazily built per-dim indexes, page cache
@@ -132,6 +141,7 @@ def write_dims_report(folder: Path, nesting_list: list[int], eval_json: Path | N
         f"on the built index ({len(nesting_list)} dims)",
         "dims": [{**row, **quality.get(row["dim"], {})} for row in latency],
         "neighbour_score_quantiles": neighbour_quantiles(folder, nesting_list),
+        "dtypes": _dtype_rows(eval_json),
     }
     text = json.dumps(report, indent=1).encode()
     atomic_write(Path(folder) / FILE, lambda f: f.write(text))

@@ -18,6 +18,7 @@ from index.errors import IndexStoreError
 from server import openapi
 from server.errors import ApiError, MalformedBody, describe, from_index_error
 from server.fastpath import EmbedFastPath
+from server.forms import FormFraming
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, HeadAsGet, MetricsMiddleware
 from server.routes import ROUTERS
@@ -126,6 +127,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     openapi.install(app)
     if settings.fast_path:  # inside the two below: limits and metrics still apply
         app.add_middleware(EmbedFastPath)
+    app.add_middleware(FormFraming)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(HeadAsGet)

@@ -9,17 +9,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.checkpoint import load_checkpoint
 from core.device import pick_device
 from core.encoder import load_encoder
+from core.export_folder import load_served
 from core.nesting import truncate_normalize_np
 from core.preprocess import EvalPreprocess, normalize
+from core.quantize import (
+    CALIBRATED,
+    NUMPY,
+    OutputDtype,
+    dequantize,
+    quantize,
+    values_per_vector,
+)
 from index.thumbnails import make_thumbnail
 from server.batcher import Batcher, Source
 from server.errors import BadInput
 from server.images import decode_base64, decode_into, open_image
 from server.metrics import Metrics
 from server.runtime import serving_encoder
+from server.schemas import VectorSearch
 from server.settings import Settings
 from server.timing import Timing
 
@@ -37,19 +46,22 @@ class Checked:
 
 @dataclass(frozen=True)
 class Embedded:
-    """Embeddings at the asked dim (unit L2 norm), and where the time went."""
+    """Embeddings at the asked dim (unit L2 norm), in the asked output type
+    (core.quantize), and where the time went."""
 
     dim: int
     vectors: np.ndarray
     timing: Timing
+    output_dtype: OutputDtype = "float"
 
 
 class EmbeddingService:
-    """The loaded checkpoint's encoder, batched; loaded once per process."""
+    """The loaded checkpoint's (or exported folder's) encoder, batched; loaded once per
+    process."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
-        self.checkpoint = load_checkpoint(settings.checkpoint)
+        self.checkpoint = load_served(settings.checkpoint)
         self.nesting_list = list(self.checkpoint.model.nesting_list)
         self.full_dim = self.checkpoint.model.full_dim
         self.fingerprint = self.checkpoint.fingerprint
@@ -146,12 +158,34 @@ class EmbeddingService:
         return x
 
     async def embed(
-        self, images: list[str] | list[bytes], dim: int | None, dim_name: str = "dim"
+        self,
+        images: list[str] | list[bytes],
+        dim: int | None,
+        dim_name: str = "dim",
+        output_dtype: OutputDtype = "float",
+        encoding_format: str = "float",
     ) -> Embedded:
-        """Base64 text (JSON) or raw file bytes (multipart) -> embeddings at `dim`."""
+        """Base64 text (JSON) or raw file bytes (multipart) -> embeddings at `dim`, truncated
+        and normalised, then quantised to `output_dtype`."""
         checked = self.check(len(images), "images", dim=dim, dim_name=dim_name)
+        self.check_output(output_dtype, encoding_format)
         raw, timing = await self.embed_images(images)
-        return Embedded(checked.dim, self.at_dim(raw, checked.dim), timing)
+        v = quantize(self.at_dim(raw, checked.dim), output_dtype, self.checkpoint.calibration)
+        return Embedded(checked.dim, v, timing, output_dtype)
+
+    def check_output(self, output_dtype: str, encoding_format: str) -> None:
+        """An output type this model can give, in an encoding that can carry it."""
+        if output_dtype in CALIBRATED and self.checkpoint.calibration is None:
+            raise BadInput(
+                f"output_dtype {output_dtype} needs the model's int8 calibration, which this "
+                f"checkpoint predates; fit it with `python -m trainer.calibrate CHECKPOINT`, "
+                f"or ask for float, float16, binary or ubinary"
+            )
+        if encoding_format == "base64_float16" and output_dtype not in ("float", "float16"):
+            raise BadInput(
+                f"encoding_format base64_float16 carries float16 values, not {output_dtype}; "
+                f"use encoding_format float (JSON integers) or base64 (the {output_dtype} bytes)"
+            )
 
     async def embed_images(self, images: Sequence[Source]) -> tuple[np.ndarray, Timing]:
         """Full-dim raw embeddings of base64 text (data: URLs too) or raw image bytes.
@@ -167,6 +201,30 @@ class EmbeddingService:
             make_thumbnail(open_image(decode_base64(text, i), i, limit))
             for i, text in enumerate(images)
         ]
+
+    def query_vectors(self, body: VectorSearch) -> list[list[float]] | np.ndarray:
+        """A search's query vectors as floats: compressed ones (`vector_dtype`) decoded at
+        the search dim, exactly as /v1/embed encoded them (core.quantize)."""
+        dtype = body.vector_dtype
+        if dtype in ("float", "float16"):
+            return body.vectors
+        if body.rerank_dim is not None:
+            raise BadInput(
+                f"rerank_dim needs float query vectors; {dtype} vectors hold only `dim` values"
+            )
+        dim = self._allowed_dim(body.dim, "dim")
+        self.check_output(dtype, "float")
+        want = values_per_vector(dim, dtype)
+        info = np.iinfo(NUMPY[dtype])
+        for i, v in enumerate(body.vectors):
+            if len(v) != want:
+                raise BadInput(f"vector {i} has length {len(v)}; {dtype} at dim {dim} is {want}")
+            if any(x != int(x) or not info.min <= x <= info.max for x in v):
+                raise BadInput(
+                    f"vector {i} is not {dtype}: values must be integers {info.min}..{info.max}"
+                )
+        q = np.asarray(body.vectors, dtype=np.int64)
+        return dequantize(q, dtype, dim, self.checkpoint.calibration)
 
     @staticmethod
     def at_dim(raw: np.ndarray, dim: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import State
 from starlette.responses import Response
 
+from core.quantize import OutputDtype
 from server.errors import ApiError
 from server.middleware import read_body, replay
 from server.routes import embed, openai
@@ -41,6 +42,7 @@ class Call(NamedTuple):
     images: list[str] | list[bytes]
     dim: int | None
     encoding_format: EncodingFormat
+    output_dtype: OutputDtype = "float"
 
 
 def json_body(content_type: bytes, body: bytes, model: type[BaseModel]) -> Any:
@@ -54,7 +56,9 @@ def json_body(content_type: bytes, body: bytes, model: type[BaseModel]) -> Any:
 
 def read_json(content_type: bytes, body: bytes) -> Call | None:
     request = json_body(content_type, body, EmbedRequest)
-    return request and Call(request.images, request.dim, request.encoding_format)
+    return request and Call(
+        request.images, request.dim, request.encoding_format, request.output_dtype
+    )
 
 
 def read_files(content_type: bytes, body: bytes) -> Call | None:
@@ -67,7 +71,9 @@ def read_openai(content_type: bytes, body: bytes) -> EmbeddingsRequest | None:
 
 
 async def run_embed(call: Call, svc: Service, state: State) -> Response:
-    out = await svc.embedding.embed(call.images, call.dim)
+    out = await svc.embedding.embed(
+        call.images, call.dim, output_dtype=call.output_dtype, encoding_format=call.encoding_format
+    )
     return embed.answer(state, out, call.encoding_format)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 
+from core.quantize import OUTPUT_DTYPES, bytes_per_vector
 from index.calibration import Setting
 from index.dims import percentile_of, read_dims_report
 from index.plan import SearchKnobs, SearchPlan
@@ -26,6 +27,7 @@ from server.schemas import (
     DeleteResponse,
     DimInfo,
     DimsInfo,
+    DtypeInfo,
     Hit,
     ImageItem,
     ImageSearch,
@@ -39,6 +41,25 @@ from server.schemas import (
 )
 from server.settings import Settings
 from server.timing import Timing
+
+
+def dtype_infos(dims: list[int], evaluated: list[dict]) -> list[DtypeInfo]:
+    """Every (dim, output type) with its bytes; quality from the build's eval.json rows."""
+    quality = {(r["dim"], r["dtype"]): r for r in evaluated}
+    kinds = [*OUTPUT_DTYPES, *sorted({t for _, t in quality} - set(OUTPUT_DTYPES))]
+    return [
+        DtypeInfo(
+            **{
+                **quality.get((d, t), {}),
+                "dim": d,
+                "dtype": t,
+                "bytes": bytes_per_vector(d, "binary" if t == "binary+rerank" else t),
+            }
+        )
+        for d in dims
+        for t in kinds
+        if t in OUTPUT_DTYPES or (d, t) in quality
+    ]
 
 
 class IndexService:
@@ -119,7 +140,7 @@ class IndexService:
 
         `uploads`: the image files of POST /v1/search/files, searched with `body`'s options
         exactly as the JSON route searches its base64 images."""
-        vectors = body.vectors if isinstance(body, VectorSearch) else None
+        vectors = self.embedding.query_vectors(body) if isinstance(body, VectorSearch) else None
         images: list[str] | list[bytes] = (
             uploads if uploads is not None else body.images if isinstance(body, ImageSearch) else []
         )
@@ -261,6 +282,7 @@ class IndexService:
             calibration=CalibrationInfo(**store.calibration.model_dump())
             if store is not None and store.calibration is not None
             else None,
+            dtypes=dtype_infos(self.embedding.nesting_list, measured.get("dtypes") or []),
         )
 
     async def add_items(self, items: list[ImageItem | VectorItem]) -> AddResponse:

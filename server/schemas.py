@@ -9,7 +9,7 @@ checked by `Service.check_*`. The MAX_* ceilings bound what an operator may conf
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from fastapi import UploadFile
@@ -22,8 +22,10 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_validator,
 )
 
+from core.quantize import OutputDtype
 from index.calibration import Setting as CalibratedSetting
 from index.filter import BoundedFilter
 
@@ -113,6 +115,15 @@ def _not_a_bool(value: Any) -> Any:
     return value
 
 
+def _not_a_number(value: Any) -> Any:
+    """JSON 1 or 0 would otherwise be read as true or false (form text "true" still is)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+Switch = Annotated[bool, BeforeValidator(_not_a_number)]
 Dim = Annotated[
     int,
     BeforeValidator(_not_a_bool),
@@ -143,6 +154,13 @@ def one_of(first: str, second: str, kind: str) -> Discriminator:
     )
 
 
+# what Cohere (embedding_types), Voyage/Mistral (output_dimension) call ours
+OTHER_NAMES = {
+    "embedding_types": "output_dtype",
+    "output_dimension": "dimensions",
+    "embedding_type": "output_dtype",
+    "dtype": "output_dtype",
+}
 EncodingFormat = Literal["float", "base64", "base64_float16"]  # layouts: server/codec.py
 Encoding = Annotated[
     EncodingFormat,
@@ -153,16 +171,29 @@ Encoding = Annotated[
 ]
 
 
+Output = Annotated[
+    OutputDtype,
+    Field(
+        description="float | float16 | int8 | uint8 (per-coordinate grid calibrated on the "
+        "train split) | binary | ubinary (sign bits packed 8 per byte, first dim in the high "
+        "bit; binary = ubinary - 128), as Cohere's and Voyage's output types; applied after "
+        "truncation to `dim` (docs/SERVING.md, Output types)"
+    ),
+]
+
+
 class EmbedRequest(Strict):
     images: Images
     dim: Dim | None = Field(None, description="a nesting dim; default: the full dim")
     encoding_format: Encoding = "float"
+    output_dtype: Output = "float"
 
 
 class EmbedResponse(BaseModel):
     dim: int
     encoding_format: EncodingFormat = "float"
-    embeddings: list[list[float]] | list[str]
+    output_dtype: OutputDtype = "float"
+    embeddings: list[list[float]] | list[list[int]] | list[str]
 
 
 class EmbeddingsRequest(Strict):
@@ -174,7 +205,25 @@ class EmbeddingsRequest(Strict):
     model: str = Field(max_length=256, description="the served model's name (GET /v1/models)")
     dimensions: Dim | None = Field(None, description="a nesting dim; default: the full dim")
     encoding_format: Literal["float", "base64"] = "float"
+    output_dtype: Output = Field(
+        "float",
+        description="as Mistral's and Voyage's `output_dtype`: float, float16, int8, uint8, "
+        "binary, ubinary; with encoding_format base64, the type's own bytes (as Voyage)",
+    )
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_apis_names(cls, value: Any) -> Any:
+        """Names other embedding APIs use for what this one calls otherwise: say which."""
+        if isinstance(value, dict):
+            for theirs, ours in OTHER_NAMES.items():
+                if theirs in value:
+                    raise ValueError(
+                        f"`{theirs}` is not supported here; use `{ours}` "
+                        f"(output_dtype: {', '.join(get_args(OutputDtype))})"
+                    )
+        return value
 
     @field_validator("input", mode="before")
     @classmethod
@@ -188,7 +237,7 @@ class EmbeddingsRequest(Strict):
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
     index: int
 
 
@@ -218,20 +267,20 @@ class ModelList(BaseModel):
 
 class SearchOptions(Strict):
     dim: Dim | None = Field(None, description="search (or shortlist) dim; default: full dim")
-    k: int = Field(10, ge=1, le=MAX_K, description="neighbours per query")
+    k: Count = Field(10, ge=1, le=MAX_K, description="neighbours per query")
     rerank_dim: Dim | None = Field(
         None, description="adaptive search: shortlist at `dim`, rerank exactly at this dim"
     )
-    shortlist: int | None = Field(
+    shortlist: Count | None = Field(
         None, ge=1, le=100 * MAX_K, description="adaptive shortlist size; default factor x k"
     )
-    nprobe: int | None = Field(
+    nprobe: Count | None = Field(
         None, ge=1, le=MAX_NPROBE, description="ANN (IVF): lists probed; default: the server's"
     )
-    ef_search: int | None = Field(
+    ef_search: Count | None = Field(
         None, ge=1, le=MAX_EF_SEARCH, description="ANN (HNSW): search breadth; default: server's"
     )
-    use_ann: bool | None = Field(
+    use_ann: Switch | None = Field(
         None,
         description="shortlist from the index's ANN (true), exactly (false), or let the server "
         "pick (null: the ANN for adaptive searches at its dim on large indexes)",
@@ -254,6 +303,12 @@ class ImageSearch(SearchOptions):
 class VectorSearch(SearchOptions):
     vectors: Annotated[list[Vector], Field(min_length=1, max_length=MAX_BATCH)] = Field(
         description="query embeddings: the full dim or exactly the dims used"
+    )
+    vector_dtype: OutputDtype = Field(
+        "float",
+        description="the output_dtype the vectors are in, as /v1/embed returned them at `dim` "
+        "(JSON numbers): int8/uint8 are decoded with the model's grid, binary/ubinary to "
+        "+-1 signs; not with rerank_dim (a compressed query has only `dim` values)",
     )
 
 
@@ -425,6 +480,17 @@ class DimInfo(BaseModel):
     )
 
 
+class DtypeInfo(BaseModel):
+    dim: int
+    dtype: str = Field(
+        description="an output_dtype, or binary+rerank: a Hamming shortlist of 10 x k at this "
+        "dim reranked by the full-dim float cosine"
+    )
+    bytes: int = Field(description="bytes per vector as sent (base64 decoded)")
+    knn_top1: float | None = Field(None, description="the checkpoint's evaluation (eval.json)")
+    map_at_k: float | None = None
+
+
 class AnnInfo(BaseModel):
     factory: str
     dim: int
@@ -456,6 +522,10 @@ class DimsInfo(BaseModel):
     latency_measured: str | None = Field(None, description="when and on what the ms were timed")
     calibration: CalibrationInfo | None = Field(
         None, description="null: measured never (python -m index.calibrate FOLDER)"
+    )
+    dtypes: list[DtypeInfo] = Field(
+        default_factory=list,
+        description="per (dim, output type): bytes per vector and, where evaluated, quality",
     )
 
 

@@ -28,7 +28,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MOCO_", extra="ignore")
 
-    checkpoint: Path = Field(Path("runs/default/checkpoint.pt"), description="checkpoint.pt")
+    checkpoint: Path = Field(
+        Path("runs/default/checkpoint.pt"),
+        description="checkpoint.pt, or an exported folder (python -m trainer.export)",
+    )
     index_dir: Path | None = Field(
         None, description="index folder (python -m trainer.build_index); none = embed only"
     )

@@ -1,6 +1,7 @@
 """Schemathesis hooks for `make fuzz` (loaded through SCHEMATHESIS_HOOKS): base64 fields
 (`format: byte`) get real images of random size, mode and format as often as arbitrary bytes,
-so the embed and search handlers are fuzzed, not only their validation."""
+so the embed and search handlers are fuzzed, not only their validation; multipart `files`
+parts likewise."""
 
 from __future__ import annotations
 
@@ -37,3 +38,21 @@ IMAGES = st.builds(
 NOT_IMAGES = st.binary(min_size=1, max_size=64).map(lambda b: base64.b64encode(b).decode())
 
 schemathesis.openapi.format("byte", st.one_of(IMAGES, NOT_IMAGES))
+
+
+RAW_FILE = st.one_of(IMAGES.map(base64.b64decode), st.binary(min_size=1, max_size=64))
+
+
+@schemathesis.hook
+def flatmap_body(context, body):
+    """Multipart uploads: each generated `files` part becomes a real image file as often as
+    arbitrary bytes. Parts a negative case made non-files, and the number of parts, are
+    kept, so schema-violating requests still violate the schema."""
+    if context.operation is None or not context.operation.path.endswith("/files"):
+        return st.just(body)
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str | bytes) for f in files):
+        return st.just(body)
+    return st.lists(RAW_FILE, min_size=len(files), max_size=len(files)).map(
+        lambda new: {**body, "files": new}
+    )

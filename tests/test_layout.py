@@ -21,7 +21,7 @@ MAY_IMPORT = {
 }
 # third-party packages each may import (the standard library is always allowed)
 THIRD_PARTY = {
-    "core": {"torch", "torchvision", "numpy", "pydantic", "PIL"},
+    "core": {"torch", "torchvision", "numpy", "pydantic", "PIL", "safetensors"},
     "index": {"numpy", "faiss", "PIL", "pydantic"},
 }
 WEB = {"fastapi", "starlette", "uvicorn", "multipart", "prometheus_client", "orjson"}
@@ -124,3 +124,17 @@ def test_the_rules_catch_a_server_importing_training_code(tmp_path):
     found = imports_of(bad, "server.bad")
     assert "trainer.train" in found and "trainer" not in MAY_IMPORT["server"]
     assert "fastapi" in found and "fastapi" in WEB
+
+
+def test_the_server_needs_no_onnx():
+    """The server image installs no `export` extra: serving an exported folder takes only
+    safetensors (core.export_folder)."""
+    export_only = {"onnx", "onnxruntime", "tritonclient"}
+    wrong = {
+        f"{name} -> {imported}"
+        for name, path in MODULES.items()
+        if name.split(".")[0] in ("core", "index", "server")
+        for imported in imports_of(path, name)
+        if imported.split(".")[0] in export_only
+    }
+    assert not wrong, sorted(wrong)

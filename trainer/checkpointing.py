@@ -6,6 +6,7 @@ import torch
 from pydantic import ValidationError
 
 from core.checkpoint import Checkpoint, CheckpointError
+from core.quantize import Calibration
 from trainer.config import TrainConfig
 from trainer.data.survey import SplitRecord
 from trainer.moco import MoCo
@@ -21,6 +22,7 @@ def capture(
     world_size: int = 1,
     loss: torch.nn.Module | None = None,
     rotation: torch.Tensor | None = None,
+    calibration: Calibration | None = None,
     splits: SplitRecord | None = None,
 ) -> Checkpoint:
     """The state of a running MoCo model (tensors are shared, not copied)."""
@@ -37,6 +39,7 @@ def capture(
         world_size=world_size,
         loss={} if loss is None else loss.state_dict(),
         rotation=rotation,
+        calibration=calibration,
         data={} if splits is None else splits.model_dump(mode="json"),
     )
 

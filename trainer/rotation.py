@@ -7,7 +7,9 @@ validation slice of `shapes` (5 seeds, docs/EVALUATION.md) it raised kNN top-1 a
 from 0.698 to 0.749 for the Matryoshka model and from 0.619 to 0.748 for the non-nested one.
 
 Fitted once when training finishes (`--rotation pca`), stored in the checkpoint, applied by
-`Encoder` wherever a checkpoint is loaded (evaluation, the server).
+`Encoder` wherever a checkpoint is loaded (evaluation, the server). The int8/uint8 grid
+(core.quantize.Calibration) is fitted from the same embeddings, rotated, in the same pass
+(with `--rotation none` too), so the two always describe the same served coordinates.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
+from core.quantize import Calibration, fit_calibration
 from trainer.config import TrainConfig
 from trainer.progress import use_bars
 
@@ -49,6 +52,32 @@ def fit_rotation(
     """PCA of the train split's embeddings (at most FIT_SAMPLES, evenly spaced), as preprocessed
     for serving. With world_size > 1 every rank must call it: each embeds a share (all-gathered)
     and all return the same rotation."""
+    return torch.from_numpy(pca_rotation(train_sample(encoder, cfg, device, rank, world_size)))
+
+
+def fit_served(
+    encoder: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor | None, Calibration]:
+    """What training fits when it finishes, from one pass over the train sample: the rotation
+    (None unless `--rotation pca`) and the int8 grid of the served (rotated) coordinates."""
+    x = train_sample(encoder, cfg, device, rank, world_size)
+    rotation = torch.from_numpy(pca_rotation(x)) if cfg.rotation == "pca" else None
+    served = x if rotation is None else x @ rotation.numpy()
+    return rotation, fit_calibration(served, list(cfg.nesting_list))
+
+
+def train_sample(
+    encoder: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> np.ndarray:
+    """Raw full-dim embeddings of at most FIT_SAMPLES train images, evenly spaced."""
     from core.preprocess import EvalPreprocess
     from trainer.data.datasets import load_splits
     from trainer.embed import eval_mode, extract_embeddings
@@ -70,4 +99,4 @@ def fit_rotation(
             desc="fit rotation",
             bars=use_bars(cfg.log_format),
         )
-    return torch.from_numpy(pca_rotation(x))
+    return x

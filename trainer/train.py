@@ -24,6 +24,7 @@ from tqdm import tqdm
 from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from core.cli import UsageError, run_cli
 from core.config import ModelConfig
+from core.quantize import Calibration
 from trainer.checkpointing import capture, train_config
 from trainer.config import TrainConfig, parse_train_args
 from trainer.data.datasets import Splits, TrainData, read_splits
@@ -33,7 +34,7 @@ from trainer.distributed.env import DistEnv
 from trainer.loss import MoCoMatryoshkaLoss, build_loss
 from trainer.moco import MoCo, build_moco
 from trainer.progress import ProgressLine, Reporter, quiet_library_bars
-from trainer.rotation import fit_rotation
+from trainer.rotation import fit_served
 from trainer.sizing import check_config, choose_sizes
 
 # Besides the whole ModelConfig, a resumed run must share these with its checkpoint: the data,
@@ -166,7 +167,12 @@ class Run:
     def steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch
 
-    def save(self, step: int, rotation: torch.Tensor | None = None) -> Path:
+    def save(
+        self,
+        step: int,
+        rotation: torch.Tensor | None = None,
+        calibration: Calibration | None = None,
+    ) -> Path:
         """Rank 0 writes the checkpoint; other ranks do nothing."""
         path = self.cfg.output_dir / "checkpoint.pt"
         if self.env.is_main:
@@ -179,6 +185,7 @@ class Run:
                 world_size=self.env.world_size,
                 loss=self.loss_fn,
                 rotation=rotation,
+                calibration=calibration,
                 splits=self.splits,
             )
             save_checkpoint(ckpt, path)
@@ -222,10 +229,11 @@ def train(cfg: TrainConfig, environ=os.environ) -> dict:
         if stopping:
             return finish(run, step, history, stopped=True)
         history.append(end_epoch(run, epoch, step, stats))
-    if cfg.rotation == "pca":
-        # every rank embeds a share, with the BN statistics of the weights rank 0 saves
-        encoder = dist.broadcast_buffers_(run.model.encoder_q)
-        run.save(step, fit_rotation(encoder, cfg, run.device, run.env.rank, run.env.world_size))
+    # every rank embeds a share, with the BN statistics of the weights rank 0 saves: the
+    # rotation (--rotation pca) and the int8 grid, from one pass
+    encoder = dist.broadcast_buffers_(run.model.encoder_q)
+    rotation, calibration = fit_served(encoder, cfg, run.device, run.env.rank, run.env.world_size)
+    run.save(step, rotation, calibration)
     return finish(run, step, history, stopped=False)
 
 

@@ -24,7 +24,14 @@ from server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, Ope
 from server.service import Service
 
 # the first word of our messages -> the request field it is about
-PARAMS = {"dimensions": "dimensions", "image": "input", "batch": "input", "model": "model"}
+PARAMS = {
+    "dimensions": "dimensions",
+    "image": "input",
+    "batch": "input",
+    "model": "model",
+    "output_dtype": "output_dtype",
+    "encoding_format": "encoding_format",
+}
 
 
 def openai_error(
@@ -85,7 +92,9 @@ async def embed_openai(body: EmbeddingsRequest, svc: Service, state: State) -> F
             f"model {body.model!r} is not served here; this server serves {served!r}"
         )
     images = [body.input] if isinstance(body.input, str) else body.input
-    out = await svc.embedding.embed(images, body.dimensions, dim_name="dimensions")
+    out = await svc.embedding.embed(
+        images, body.dimensions, "dimensions", body.output_dtype, body.encoding_format
+    )
     record_timing(state, out.timing)
     data = [
         {"object": "embedding", "index": i, "embedding": v}

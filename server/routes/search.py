@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
 
+from server.forms import form_fields
 from server.middleware import record_timing
 from server.routes.deps import ERRORS, JsonService, ServiceDep
 from server.schemas import FileSearchForm, SearchRequest, SearchResponse
@@ -24,7 +25,7 @@ async def search(
     return response
 
 
-@router.post("/v1/search/files")
+@router.post("/v1/search/files", dependencies=[form_fields(FileSearchForm.model_fields)])
 async def search_files(
     form: Annotated[FileSearchForm, Form(media_type="multipart/form-data")],
     request: Request,

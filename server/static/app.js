@@ -383,6 +383,51 @@ function drawChart(rows) {
   });
 }
 
+// output types drawn (uint8 and ubinary score as int8 and binary: the same decoded vectors)
+const DTYPE_LINES = [
+  ["float", "dt-float", "float"],
+  ["float16", "dt-float16", "float16"],
+  ["int8", "dt-int8", "int8 / uint8"],
+  ["binary", "dt-binary", "binary / ubinary"],
+  ["binary+rerank", "dt-rerank", "binary + float rerank"],
+];
+
+function drawDtypeChart(rows) {
+  const chart = $("chart-dtypes");
+  chart.replaceChildren();
+  const known = rows.filter((r) => typeof r.map_at_k === "number" && r.bytes > 0);
+  if (!known.length) return false;
+  const W = 320, H = 170, left = 30, right = 10, top = 10, bottom = 28;
+  const logs = known.map((r) => Math.log2(r.bytes));
+  const lo = Math.min(...logs), hi = Math.max(...logs);
+  const x = (b) => left + ((Math.log2(b) - lo) / (hi - lo || 1)) * (W - left - right);
+  const y = (v) => top + (1 - v) * (H - top - bottom);
+  for (const v of [0, 0.5, 1]) {
+    chart.append(svg("line", { class: "axis", x1: left, y1: y(v), x2: W - right, y2: y(v) }));
+    chart.append(svg("text", { x: left - 4, y: y(v) + 3, "text-anchor": "end" }, v.toFixed(1)));
+  }
+  for (let p = Math.ceil(lo); p <= hi; p += Math.max(1, Math.ceil((hi - lo) / 6))) {
+    const b = 2 ** p;
+    chart.append(svg("text", { x: x(b), y: H - 14, "text-anchor": "middle" }, b >= 1024 ? `${b / 1024}K` : b));
+  }
+  chart.append(svg("text", { x: (W - right + left) / 2, y: H - 3, "text-anchor": "middle" }, "bytes per vector (log scale)"));
+  let shown = 0;
+  for (const [key, cls, name] of DTYPE_LINES) {
+    const pts = known.filter((r) => r.dtype === key).sort((a, b) => a.bytes - b.bytes);
+    if (!pts.length) continue;
+    const line = svg("polyline", { class: cls, points: pts.map((r) => `${x(r.bytes)},${y(r.map_at_k)}`).join(" ") });
+    line.dataset.dtype = key;
+    const tip = svg("title", {}, pts.map((r) => `${name} @ ${r.dim}: mAP ${r.map_at_k.toFixed(3)}, ${r.bytes} B`).join("\n"));
+    line.append(tip);
+    chart.append(line);
+    const ly = y(0) - 6 - shown * 11;
+    chart.append(svg("line", { class: cls, x1: W - right - 100, y1: ly - 3, x2: W - right - 86, y2: ly - 3 }));
+    chart.append(svg("text", { x: W - right - 82, y: ly }, name));
+    shown += 1;
+  }
+  return shown > 0;
+}
+
 async function loadDims(path) {
   const note = $("chart-note");
   if (!path) {
@@ -403,6 +448,11 @@ async function loadDims(path) {
     }
     drawChart(rows);
     showCalibration(body.calibration);
+    const drawn = drawDtypeChart(body.dtypes || []);
+    $("chart-dtypes-note").textContent = drawn
+      ? "Each line: one output_dtype at every nesting dim (GET /v1/dims, dtypes); " +
+        "binary + float rerank shortlists by Hamming distance and reranks at the full dim."
+      : "No per-type evaluation stored with this index (make eval, then build it).";
   } catch (e) {
     note.textContent = `Quality per dim unavailable: ${e.message}`;
   }

@@ -118,10 +118,11 @@ UPLOADS = {  # as CASES; None: refused before the fast path
     "unknown encoding": (form(*ONE, part("encoding_format", "hex")), FORM, False),
     "no files": (form(part("dim", "16")), FORM, False),
     "no parts": (form(), FORM, False),
-    "no final boundary": (form(*ONE, end=b""), FORM, False),
-    "cut in a part": (form(*ONE)[:300], FORM, False),
+    "preamble and epilogue": (b"a preamble\r\n" + form(*ONE) + b"an epilogue", FORM, True),
+    "no final boundary": (form(*ONE, end=b""), FORM, None),  # server.forms, before it
+    "cut in a part": (form(*ONE)[:300], FORM, None),
     "no boundary": (form(*ONE), "multipart/form-data", False),
-    "another boundary": (form(*ONE), "multipart/form-data; boundary=other", False),
+    "another boundary": (form(*ONE), "multipart/form-data; boundary=other", None),
     "charset": (form(*ONE), FORM + "; charset=latin-1", False),
     "not form-data": (form(*ONE), f"multipart/mixed; boundary={BOUNDARY}", False),
     "too large": (form(*files(b"x" * 70_000)), FORM, None),  # the body limit, before it

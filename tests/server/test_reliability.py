@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from support import matryoshka_vectors
 
 from core.checkpoint import load_checkpoint
@@ -158,6 +160,85 @@ def test_multipart_without_boundary_is_malformed(writer):
     headers = {"content-type": "multipart/form-data"}
     r = writer.post("/v1/embed/files", content=b"--x\r\n\r\nzz", headers=headers)
     assert r.status_code == 400 and r.json()["error"] == "malformed_body"
+
+
+BOUNDARY = "zz9Boundary"
+
+
+def form(*fields: tuple[str, bytes | str], end: bool = True) -> bytes:
+    """A multipart body; a field named `files` is sent as a file."""
+    out = b""
+    for name, data in fields:
+        disposition = f'form-data; name="{name}"' + (
+            '; filename="x.png"' if name == "files" else ""
+        )
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += (data.encode() if isinstance(data, str) else data) + b"\r\n"
+    return out + (f"--{BOUNDARY}--\r\n".encode() if end else b"")
+
+
+def post_form(client, path: str, body: bytes):
+    headers = {**AUTH, "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    return client.post(path, content=body, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("path", ["/v1/embed/files", "/v1/search/files"])
+def test_multipart_preamble_and_epilogue_are_ignored(writer, png, path):
+    """RFC 2046: text before the first boundary and after the last one is not part of the form."""
+    plain = post_form(writer, path, form(("files", png), ("dim", "8")))
+    wrapped = post_form(
+        writer, path, b"This is a preamble.\r\n" + form(("files", png), ("dim", "8")) + b"bye"
+    )
+    assert plain.status_code == 200, plain.text
+    assert wrapped.status_code == 200 and wrapped.json() == plain.json()
+
+
+@pytest.mark.parametrize("path", ["/v1/embed/files", "/v1/search/files"])
+def test_multipart_without_closing_boundary_is_refused(writer, png, path):
+    """A cut upload is not embedded in part: the two complete file parts are not answered."""
+    r = post_form(writer, path, form(("files", png), ("files", png), ("files", png), end=False))
+    assert r.status_code == 400 and r.json()["error"] == "malformed_body", r.text
+    assert f"closing boundary '--{BOUNDARY}--'" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/embed/files", "/v1/search/files"])
+def test_multipart_unknown_field_is_refused_with_the_allowed_ones(writer, png, path):
+    r = post_form(writer, path, form(("files", png), ("dimension", "8")))
+    assert r.status_code == 422, r.text
+    assert "'dimension' is not one this route reads; allowed: " in r.json()["detail"]
+    assert "dim" in r.json()["detail"].split("allowed: ")[1].split(", ")
+
+
+@pytest.mark.parametrize("path", ["/v1/embed/files", "/v1/search/files"])
+def test_multipart_repeated_field_is_refused(writer, png, path):
+    r = post_form(writer, path, form(("files", png), ("dim", "8"), ("dim", "16")))
+    assert r.status_code == 422, r.text
+    assert "'dim' is given 2 times; send it once" in r.json()["detail"]
+    assert post_form(writer, path, form(("files", png), ("files", png))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "says"),
+    [
+        ("k", True, "must be an integer, not true"),
+        ("shortlist", False, "must be an integer, not false"),
+        ("nprobe", True, "must be an integer, not true"),
+        ("ef_search", True, "must be an integer, not true"),
+        ("use_ann", 1, "must be true or false, not 1"),
+    ],
+)
+def test_search_knobs_are_not_read_across_json_types(writer, knob, value, says):
+    """JSON true is not k=1 and 1 is not use_ann=true (the schema says integer / boolean)."""
+    body = {"vectors": [json.loads(vec())], "k": 3, knob: value}
+    r = writer.post("/v1/search", json=body, headers=AUTH)
+    assert r.status_code == 422 and says in r.json()["detail"], r.text
 
 
 def test_openapi_states_the_static_bounds(writer):

@@ -151,6 +151,27 @@ def test_quality_chart_from_v1_dims(browser, server):
     assert "eval.json" in browser.find_element("id", "chart-note").text
 
 
+def test_output_type_chart_from_v1_dims(browser, server):
+    rows = httpx.get(server.url + "/v1/dims").json()["dtypes"]
+    nesting = httpx.get(server.url + "/v1/model").json()["nesting_list"]
+    open_page(browser, server)
+    wait_for(browser, lambda b: b.find_elements("css selector", "#chart-dtypes polyline"), "chart")
+    lines = browser.find_elements("css selector", "#chart-dtypes polyline")
+    drawn = {line.get_attribute("data-dtype"): line for line in lines}
+    assert set(drawn) == {"float", "float16", "int8", "binary", "binary+rerank"}
+    for dtype, line in drawn.items():
+        points = [tuple(map(float, p.split(","))) for p in line.get_attribute("points").split()]
+        assert len(points) == len(nesting)
+        xs = [p[0] for p in points]
+        assert xs == sorted(xs)  # bytes grow with the dim
+        maps = [
+            r["map_at_k"] for r in sorted(rows, key=lambda r: r["bytes"]) if r["dtype"] == dtype
+        ]
+        assert len(maps) == len(nesting)
+    assert "output_dtype" in browser.find_element("id", "chart-dtypes-note").text
+    assert console_errors(browser) == []
+
+
 def test_upload_fills_every_column(browser, server, query_png):
     open_page(browser, server)
     upload(browser, query_png)

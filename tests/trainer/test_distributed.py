@@ -132,7 +132,7 @@ def test_run_nvidia_smi_missing_binary(monkeypatch):
         ({}, A100_MIG, SLICES),  # unset -> everything nvidia-smi lists
         ({"NVIDIA_VISIBLE_DEVICES": "all"}, A100_MIG, SLICES),
         ({"NVIDIA_VISIBLE_DEVICES": ",".join(SLICES[1:])}, A100_MIG, SLICES[1:]),
-        ({"NVIDIA_VISIBLE_DEVICES": "none"}, A100_MIG, []),
+        ({"NVIDIA_VISIBLE_DEVICES": "none"}, None, []),  # legacy runtime: no device at all
         ({"CUDA_VISIBLE_DEVICES": SLICES[2]}, A100_MIG, SLICES[2:]),
         ({"CUDA_VISIBLE_DEVICES": SLICES[0], "NVIDIA_VISIBLE_DEVICES": "all"}, None, SLICES[:1]),
         ({"CUDA_VISIBLE_DEVICES": "0"}, A100_MIG, SLICES),  # a MIG-enabled GPU by index
@@ -144,6 +144,54 @@ def test_run_nvidia_smi_missing_binary(monkeypatch):
 )
 def test_visible_mig_devices(environ, smi, expected):
     assert mig.visible_mig_devices(environ, smi) == expected
+
+
+# What NVIDIA's DRA driver gives a container with a MIG claim (kubernetes-sigs/
+# dra-driver-nvidia-gpu, cmd/gpu-kubelet-plugin/cdi.go): CDI device nodes for the slice and its
+# parent GPU, and no device-list variable; `nvidia-smi -L` inside shows the parent and the
+# claimed slices only.
+# The device plugin in CDI mode sets no list either; CDI specs of other claims in the pod
+# (IMEX channels, vfio) set NVIDIA_VISIBLE_DEVICES=void.
+DRA_ONE_SLICE = """\
+GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77)
+  MIG 2g.10gb     Device  0: (UUID: MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb)
+"""
+DRA_ENVIRONS = [{}, {"NVIDIA_VISIBLE_DEVICES": "void"}, {"NVIDIA_VISIBLE_DEVICES": "all"}]
+
+
+@pytest.mark.parametrize("environ", DRA_ENVIRONS)
+def test_dra_claimed_slice_is_found_without_a_device_list(environ):
+    environ = dict(environ)
+    assert mig.visible_mig_devices(environ, DRA_ONE_SLICE) == SLICES[1:2]
+    assert mig.pin_mig_slice(local(0, 1), environ, DRA_ONE_SLICE) == SLICES[1]
+    assert "CUDA_VISIBLE_DEVICES" not in environ, "one slice: CUDA picks it by itself"
+
+
+@pytest.mark.parametrize("environ", DRA_ENVIRONS)
+def test_dra_several_claimed_slices_one_per_local_rank(environ):
+    """A claim with count > 1 (the dra/mig template's constraint keeps them on one GPU)."""
+    for r, want in enumerate(SLICES):
+        env = dict(environ)
+        assert mig.pin_mig_slice(local(r, len(SLICES)), env, A100_MIG) == want
+        assert env["CUDA_VISIBLE_DEVICES"] == want
+
+
+def test_device_plugin_and_dra_agree_on_the_same_slice():
+    plugin = {"NVIDIA_VISIBLE_DEVICES": SLICES[1]}  # the device plugin's env strategy
+    assert mig.visible_mig_devices(plugin, A100_MIG) == mig.visible_mig_devices({}, DRA_ONE_SLICE)
+
+
+def test_dra_slice_through_a_fake_nvidia_smi_binary(tmp_path, monkeypatch):
+    """The real subprocess path: a fake `nvidia-smi` on PATH prints what the driver's
+    container shows, and the backend chosen for it is gloo."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = -L ] || exit 9\ncat <<"X"\n{DRA_ONE_SLICE}X\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    environ = {"NVIDIA_VISIBLE_DEVICES": "void"}
+    on = mig.pin_mig_slice(local(0, 1), environ, mig.run_nvidia_smi_list())
+    assert on == SLICES[1]
+    assert d.choose_backend("auto", local(0, 1), True, on is not None, 1) == "gloo"
 
 
 def test_pin_no_gpu_and_full_gpus_leave_env_alone():
@@ -211,6 +259,14 @@ def test_choose_backend(requested, nproc, cuda, mig, count, expected):
 def test_choose_backend_explicit_nccl_refused(cuda, mig, count, match):
     with pytest.raises(UsageError, match=match):
         d.choose_backend("nccl", local(0, 2), cuda, mig, count)
+
+
+def test_choose_backend_nccl_on_mig_only_when_opted_in():
+    """NCCL_MULTI_RANK_GPU_ENABLE=1 lets explicit nccl run on slices; auto stays gloo."""
+    assert d.choose_backend("nccl", local(1, 2), True, True, 1, nccl_multi_rank_gpu=True) == "nccl"
+    assert d.choose_backend("auto", local(1, 2), True, True, 1, nccl_multi_rank_gpu=True) == "gloo"
+    with pytest.raises(UsageError, match="NCCL_MULTI_RANK_GPU_ENABLE=1"):
+        d.choose_backend("nccl", local(1, 2), True, True, 1)
 
 
 def test_choose_backend_unknown():

@@ -17,7 +17,16 @@ from trainer.checkpointing import capture
 from trainer.evaluate.cli import PROG, Embedded, evaluate_embeddings, evaluate_encoder, main
 from trainer.evaluate.metrics import average_precision_at_k, knn_predict
 
-KEYS = {"checkpoint", "dataset", "rotation", "n_train", "n_test", "metrics"}
+KEYS = {
+    "checkpoint",
+    "dataset",
+    "rotation",
+    "n_train",
+    "n_test",
+    "metrics",
+    "int8_calibration",
+    "dtypes",
+}
 ROW_KEYS = {"dim", "knn_top1", "map_at_k", "k", "map_k"}
 
 
@@ -70,7 +79,8 @@ def test_npz_cli_writes_json_table_and_plot(monkeypatch, capsys, tmp_path, npz):
     header, *table = stdout.splitlines()
     assert header.startswith(f"embeddings on {npz}: 300 train images as the bank, 60 test")
     assert table[0] == "| dim | kNN top-1 | mAP@10 |"
-    assert len(table) == 2 + 4
+    assert len(table) == 2 * (2 + 4)  # per dim, then per (dim, output type)
+    assert table[6].startswith("| dim | float | float16 | int8 / uint8 |")
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -86,17 +86,17 @@ def visible_mig_devices(environ: Mapping[str, str], nvidia_smi_output: str | Non
     """The MIG slices this process may use, in order; [] when it is not on MIG.
 
     CUDA_VISIBLE_DEVICES wins (MIG ids as given, GPU indices/uuids resolved to their
-    slices); else MIG entries of NVIDIA_VISIBLE_DEVICES (what a Kubernetes device plugin
-    sets); else, when those are unset or `all`, every slice `nvidia-smi -L` lists.
+    slices); else MIG entries of NVIDIA_VISIBLE_DEVICES (the device plugin's env strategy);
+    else every slice `nvidia-smi -L` lists. The last covers devices injected by CDI, where
+    the variable says nothing: NVIDIA's DRA driver and the device plugin in CDI mode set
+    no device list, and CDI specs may set it to `void` (only the legacy runtime reads it),
+    so `void`/`none` are not taken to mean "no GPU"; nvidia-smi sees what is there.
     """
     gpus = parse_nvidia_smi_list(nvidia_smi_output)
     cuda = environ.get("CUDA_VISIBLE_DEVICES")
     if cuda is not None and cuda.strip().lower() != "all":
         return [uuid for entry in _entries(cuda) for uuid in _resolve(entry, gpus)]
-    nvidia = environ.get("NVIDIA_VISIBLE_DEVICES", "all").strip()
-    if nvidia.lower() in ("none", "void", ""):
-        return []
-    mig = [e for e in _entries(nvidia) if e.startswith("MIG-")]
+    mig = [e for e in _entries(environ.get("NVIDIA_VISIBLE_DEVICES", "")) if e.startswith("MIG-")]
     return mig or [m.uuid for gpu in gpus for m in gpu.mig_devices]
 
 

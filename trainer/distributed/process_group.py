@@ -23,9 +23,18 @@ BACKENDS = ("auto", "nccl", "gloo")
 
 
 def choose_backend(
-    requested: str, env: DistEnv, cuda_available: bool, on_mig: bool, device_count: int
+    requested: str,
+    env: DistEnv,
+    cuda_available: bool,
+    on_mig: bool,
+    device_count: int,
+    nccl_multi_rank_gpu: bool = False,
 ) -> str:
-    """auto -> nccl only when every local rank has its own full GPU, else gloo."""
+    """auto -> nccl only when every local rank has its own full GPU, else gloo.
+
+    Explicit nccl on MIG slices only with NCCL_MULTI_RANK_GPU_ENABLE=1 (nccl_multi_rank_gpu):
+    NCCL >= 2.30 then accepts ranks on partitions of one GPU (experimental; auto stays gloo).
+    """
     own_gpus = cuda_available and not on_mig and device_count >= env.local_world_size
     if requested == "auto":
         return "nccl" if own_gpus else "gloo"
@@ -36,9 +45,12 @@ def choose_backend(
     if not cuda_available:
         raise UsageError("--dist-backend nccl needs CUDA GPUs and none is available; use gloo")
     if on_mig:
+        if nccl_multi_rank_gpu:
+            return "nccl"
         raise UsageError(
             "--dist-backend nccl does not work on MIG slices (NCCL refuses several ranks on "
-            "slices of one GPU); use --dist-backend gloo or auto"
+            "slices of one GPU unless NCCL_MULTI_RANK_GPU_ENABLE=1, experimental, NCCL >= "
+            "2.30); use --dist-backend gloo or auto"
         )
     if not own_gpus:
         raise UsageError(
@@ -68,6 +80,7 @@ def setup(
         cuda_available=cuda,
         on_mig=mig_slice is not None,
         device_count=torch.cuda.device_count() if cuda else 0,
+        nccl_multi_rank_gpu=environ.get("NCCL_MULTI_RANK_GPU_ENABLE", "").strip() == "1",
     )
     if cuda:
         torch.cuda.set_device(device)

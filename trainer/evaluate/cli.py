@@ -18,12 +18,21 @@ from core.cli import UsageError, make_parser
 from core.config import ModelConfig
 from core.device import pick_device
 from core.nesting import default_dims, parse_nesting_list
+from core.quantize import Calibration, fit_calibration
 from index.search import GPU_MAX_K, build_index, gpu_count, search_index, set_threads
 from trainer.checkpointing import train_config
 from trainer.config import TrainConfig
 from trainer.embed import eval_mode, extract_embeddings
+from trainer.evaluate.dtypes import score_dtypes
 from trainer.evaluate.metrics import average_precision_at_k, knn_predict
-from trainer.evaluate.report import describe, load_result, markdown_table, plot, run_label
+from trainer.evaluate.report import (
+    describe,
+    dtype_table,
+    load_result,
+    markdown_table,
+    plot,
+    run_label,
+)
 from trainer.progress import quiet_library_bars, use_bars
 from trainer.rotation import pca_rotation
 
@@ -261,6 +270,18 @@ def embed_checkpoint(args) -> tuple[Embedded, Checkpoint, TrainConfig]:
     return arrays, ckpt, cfg
 
 
+def dtype_rows(
+    e: Embedded, dims: list[int], calibration: Calibration | None, k: int, map_k: int
+) -> dict:
+    """eval.json's `dtypes` rows; the int8 grid is the checkpoint's where it applies (its own
+    rotation), else fitted on the bank as training fits it."""
+    source = "checkpoint"
+    if calibration is None or list(calibration.dims) != dims:
+        calibration, source = fit_calibration(e.train_x, dims), "fitted on the bank"
+    rows = score_dtypes(*e, dims, calibration, k, map_k)
+    return {"int8_calibration": source, "dtypes": rows}
+
+
 def build_parser():
     parser = make_parser(PROG, "kNN top-1 and mAP@k at every nesting dim.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -293,6 +314,11 @@ def build_parser():
     )
     parser.add_argument("--save-embeddings", type=Path, help="also write the extracted .npz")
     parser.add_argument(
+        "--no-dtypes",
+        action="store_true",
+        help="skip the (dim x output type) table: float16, int8, binary, binary + rerank",
+    )
+    parser.add_argument(
         "--rotation",
         choices=("auto", "pca", "none"),
         default="auto",
@@ -309,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.workers < 0 or (args.threads is not None and args.threads < 1):
         raise UsageError("--batch-size and --threads must be >= 1, --workers >= 0")
     compare = [load_result(p) for p in args.compare]
+    calibration = None
     if args.embeddings:
         if args.random_init:
             raise UsageError("--random-init needs --checkpoint")
@@ -325,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.rotation == "auto":
             args.rotation = "pca" if ckpt.rotation is not None and not args.random_init else "none"
+            # the served coordinates: the checkpoint's own int8 grid applies
+            calibration = None if args.random_init else ckpt.calibration
         model_dims = list(ckpt.model.nesting_list)
     dims = parse_nesting_list(args.nesting_list) if args.nesting_list else model_dims
     if args.rotation == "pca":
@@ -339,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     n = {"n_train": len(arrays.train_x), "n_test": len(arrays.test_x)}
     rotation = "none" if args.rotation == "auto" else args.rotation
     result = {**source, "rotation": rotation, **n, "metrics": rows}
+    if not args.no_dtypes:
+        result |= dtype_rows(arrays, dims, calibration, args.k, args.map_k)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     label = args.label or ("random-init" if args.random_init else run_label(result, args.output))
@@ -346,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = [label, *(run_label(r, p) for r, p in zip(compare, args.compare, strict=True))]
     print(describe(result))
     print(markdown_table(results, labels))
+    table = dtype_table(result)
+    if table:
+        print(table)
     if not args.no_plot:
         plot_path = args.plot or args.output.with_suffix(".png")
         plot(results, labels, plot_path)

@@ -97,3 +97,36 @@ def plot(results: list[dict], labels: list[str], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+DTYPE_COLUMNS = (
+    ("float", "float"),
+    ("float16", "float16"),
+    ("int8", "int8 / uint8"),
+    ("binary", "binary / ubinary"),
+    ("binary+rerank", "binary + float rerank"),
+)
+
+
+def dtype_table(result: dict) -> str | None:
+    """eval.json's (dim x output type) rows as one row per dim: each cell is kNN top-1 /
+    mAP@k (bytes per vector as sent). None when the result has no such rows."""
+    rows = result.get("dtypes")
+    if not rows:
+        return None
+    cells = {(r["dim"], r["dtype"]): r for r in rows}
+    dims = sorted({r["dim"] for r in rows})
+    shown = [(key, title) for key, title in DTYPE_COLUMNS if any(k == key for _, k in cells)]
+    lines = [
+        "| dim | " + " | ".join(title for _, title in shown) + " |",
+        "|---:|" + "---:|" * len(shown),
+    ]
+    for d in dims:
+        out = []
+        for key, _ in shown:
+            r = cells.get((d, key))
+            out.append(
+                "-" if r is None else f"{r['knn_top1']:.3f} / {r['map_at_k']:.3f} ({r['bytes']} B)"
+            )
+        lines.append(f"| {d} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
