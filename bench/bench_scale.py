@@ -51,7 +51,7 @@ def serve(a) -> dict:
     folder = a.work_dir / f"index-{a.n}"
     before = memory()
     start = time.perf_counter()
-    store = IndexStore(folder, read_manifest(folder), writable=False, verify=False)
+    store = IndexStore(folder, read_manifest(folder), writable=False)
     out = {"open_s": time.perf_counter() - start, "before": before, "opened": memory()}
     q = np.load(folder.parent / "queries.npy")[: a.queries]
     _, truth = scan_top_k(store.vectors.rows, q, K, 256)
@@ -89,7 +89,9 @@ def main() -> None:
         print(json.dumps(build(a) if a.stage == "build" else serve(a)))
         return
     result = {"n": a.n, "width": 256, "store": "float16", "ann": "IVF4096,Flat @ 32"}
-    for stage in ("build", "serve"):
+    if a.out.exists():  # a rerun keeps the recorded build (the folder is cached)
+        result = json.loads(a.out.read_text())
+    for stage in [s for s in ("build", "serve") if s not in result]:
         argv = [sys.executable, __file__, "--stage", stage, "--n", str(a.n)]
         argv += ["--work-dir", str(a.work_dir), "--queries", str(a.queries)]
         argv += ["--nprobe", str(a.nprobe), "--shortlist", str(a.shortlist)]

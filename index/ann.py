@@ -222,12 +222,17 @@ class AnnIndex:
     # files --------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write the CPU index atomically (tombstones are not saved: compaction drops them)."""
-        if self.binary:
-            data = faiss.serialize_index_binary(self.index)
-        else:
-            data = faiss.serialize_index(self.index)
-        atomic_write(path, lambda f: f.write(memoryview(data)))
+        """Write the CPU index atomically (tombstones are not saved: compaction drops them),
+        streamed into the file: serialising it to bytes first held a second copy of the
+        whole ANN at the build's peak (0.5 GB more at 4M rows of an IVF at dim 32)."""
+        write = faiss.write_index_binary if self.binary else faiss.write_index
+
+        def stream(f) -> None:
+            writer = faiss.PyCallbackIOWriter(f.write)
+            write(self.index, writer)
+            del writer  # flushes its buffer into f
+
+        atomic_write(path, stream)
 
     @classmethod
     def load(cls, path: Path, dim: int, factory: str) -> AnnIndex:
