@@ -607,7 +607,7 @@ def time_search(store, queries, dim, rerank_dim, k, shortlist=0):
     ids = []
     start = time.perf_counter()
     for q in queries:
-        _, r, _ = store.search(q[None], SearchPlan(k, dim, rerank_dim, shortlist))
+        r = store.search(q[None], SearchPlan(k, dim, rerank_dim, shortlist)).rows
         ids.append(r[0].tolist())
     return (time.perf_counter() - start) / len(queries), ids
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from index.filter import Filter
+
 SHORTLIST_FACTOR = 20  # adaptive shortlist = factor x k
 NPROBE = 64  # IVF lists probed
 EF_SEARCH = 128  # HNSW candidate list
@@ -35,6 +37,7 @@ class SearchPlan:
     shortlist: int | None = None  # candidates the rerank sees; None: SHORTLIST_FACTOR x k
     knobs: SearchKnobs = field(default_factory=lambda: DEFAULT_KNOBS)
     use_ann: bool | None = None  # None: the ANN once the index is big enough
+    filter: Filter | None = None  # only items it admits (index.filter); None: every item
 
     @property
     def final_dim(self) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from core.cli import UsageError
 from index.dims import write_dims_report
 from index.folder import publish_manifest
-from index.store import read_manifest, write_generation
+from index.store import IndexStore, read_manifest, write_generation
 from index.thumbnails import Thumbnails
 
 
@@ -62,6 +62,7 @@ def publish_index(
     if extra is not None:
         extra(tmp)
     count_thumbnails(tmp)
+    calibrate_folder(tmp)
     write_dims_report(tmp, list(nesting_list), search.eval_json)
     _publish(tmp, out)
 
@@ -74,6 +75,15 @@ def _publish(tmp: Path, out: Path) -> None:
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def calibrate_folder(folder: Path) -> None:
+    """The folder's recall table (index.calibration), measured on the built generation."""
+    store = IndexStore(folder, read_manifest(folder), writable=False)
+    try:
+        store.recalibrate()
+    finally:
+        store.close()
 
 
 def count_thumbnails(folder: Path) -> None:

@@ -15,6 +15,7 @@ from core.nesting import truncate_normalize_np
 
 GPU_MAX_K = 2048
 RERANK_BUDGET = 1 << 25
+DENSE = 8  # scan_rows reads a window whole when at least 1 row in DENSE matches
 
 
 def set_threads(threads: int | None) -> None:
@@ -79,12 +80,18 @@ def _order(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def search_index(
-    index: faiss.Index, queries: np.ndarray, k: int, *, chunk_size: int = 4096
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    chunk_size: int = 4096,
+    params: faiss.SearchParameters | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of already-truncated queries against an index from build_index.
 
     Queries are normalised here, chunk by chunk. Returns float32 scores and int64 bank row
-    ids, both [n_queries, k], best first.
+    ids, both [n_queries, k], best first. `params` (e.g. an IDSelector) go to every search;
+    places no admitted row fills hold score -inf and id -1.
     """
     if queries.ndim != 2 or queries.shape[1] != index.d:
         raise ValueError(f"queries must have shape [n, {index.d}], got {queries.shape}")
@@ -99,11 +106,23 @@ def search_index(
     ids = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, chunk_size):
         q = truncate_normalize_np(queries[start : start + chunk_size], index.d)
-        scores[start : start + len(q)], ids[start : start + len(q)] = _top_k(index, q, k)
+        scores[start : start + len(q)], ids[start : start + len(q)] = _top_k(index, q, k, params)
+    if params is not None:
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     return scores, ids
 
 
-def _top_k(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _search(index: faiss.Index, q: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+    scores, ids = index.search(q, k) if params is None else index.search(q, k, params=params)
+    if params is not None:  # unfilled places (-1, -FLT_MAX) sort last
+        scores = np.where(ids >= 0, scores, -np.inf)
+        ids = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+    return _order(scores, ids)
+
+
+def _top_k(
+    index: faiss.Index, q: np.ndarray, k: int, params: faiss.SearchParameters | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """FAISS top-k with ties at the k-th place broken by smallest id, not by FAISS's heap.
 
     Fetches one extra neighbour; rows whose k-th score ties the next one are searched again
@@ -111,15 +130,16 @@ def _top_k(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     """
     limit = min(index.ntotal, GPU_MAX_K if _on_gpu(index) else index.ntotal)
     fetch = min(limit, k + 1)
-    scores, ids = _order(*index.search(q, fetch))
+    scores, ids = _search(index, q, fetch, params)
     if fetch == k:
         return scores, ids
     pending = np.flatnonzero(scores[:, k] == scores[:, k - 1])
     while pending.size and fetch < limit:
         fetch = min(limit, 2 * fetch)
-        s, i = _order(*index.search(q[pending], fetch))
+        s, i = _search(index, q[pending], fetch, params)
         scores[pending, :k], ids[pending, :k] = s[:, :k], i[:, :k]
-        pending = pending[s[:, -1] == s[:, k - 1]]
+        pending = pending[(s[:, -1] == s[:, k - 1]) & np.isfinite(s[:, -1])]
+    ids = np.where(np.isfinite(scores), ids, -1)
     return scores[:, :k], ids[:, :k]
 
 
@@ -200,6 +220,49 @@ def scan_top_k(
             np.concatenate([best_i, np.broadcast_to(ids, s.shape)], 1),
             k,
         )
+    return _finish(best_s, best_i, k)
+
+
+def scan_rows(
+    bank: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    dim: int,
+    rows: np.ndarray,
+    *,
+    budget: int = RERANK_BUDGET // 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k at `dim` over the given sorted row ids only (a filter's matching
+    rows), window by window of the bank: a window dense in matches (>= 1/DENSE) is read
+    whole and subset (one sequential read beats a read per row), a sparse one gathers just
+    its rows. Same order and padding as scan_top_k."""
+    _check_dim(bank, dim, "bank")
+    q = truncate_normalize_np(queries, dim)
+    best_s = np.empty((len(q), 0), np.float32)
+    best_i = np.empty((len(q), 0), np.int64)
+    rows = np.asarray(rows, np.int64)
+    window = max(1, budget // dim)
+    cuts = np.searchsorted(rows, np.arange(0, len(bank) + window, window))
+    for w, (lo, hi) in enumerate(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)):
+        if hi == lo:
+            continue
+        ids, start = rows[lo:hi], w * window
+        end = min(start + window, len(bank))
+        if (hi - lo) * DENSE >= end - start:
+            x = np.asarray(bank[start:end, :dim])[ids - start]
+        else:
+            x = np.asarray(bank[ids, :dim])
+        s = q @ truncate_normalize_np(x, dim).T
+        best_s, best_i = _keep_top(
+            np.concatenate([best_s, s], 1),
+            np.concatenate([best_i, np.broadcast_to(ids, s.shape)], 1),
+            k,
+        )
+    return _finish(best_s, best_i, k)
+
+
+def _finish(best_s: np.ndarray, best_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unfilled places as score -inf, id -1; padded to k."""
     best_i = np.where(np.isfinite(best_s), best_i, -1)
     if best_s.shape[1] < k:
         pad = k - best_s.shape[1]

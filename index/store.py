@@ -29,14 +29,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from index import calibration
 from index.ann import AnnIndex, build_ann
+from index.calibration import load as load_calibration
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
+from index.payload import PayloadIndex
 from index.plan import SearchPlan
+from index.planner import Route
 from index.rowfile import RowFile
 from index.thumbnails import Thumbnails
-from index.vectors import VectorOptions, Vectors
+from index.vectors import Rows, VectorOptions, Vectors
 from index.wal import WriteAheadLog, decode_vectors, encode_vectors, read_records
 
 FORMAT = "moco-matryoshka-index/1"
@@ -46,11 +50,13 @@ log = logging.getLogger("index.store")
 
 
 class Hits(NamedTuple):
-    """A search's answer: scores and row ids [n, k] (best first), and the items of those rows."""
+    """A search's answer: scores and row ids [n, k] (best first), the items of those rows, and
+    the route it took (index.planner)."""
 
     scores: np.ndarray
     rows: np.ndarray
     items: dict[int, dict[str, Any]]
+    route: Route = Route("exact")
 
 
 def write_generation(
@@ -89,7 +95,7 @@ def write_generation(
     ann = info.get("ann")
     if ann is not None:
         ann = {**ann, "file": f"ann-{generation}.faiss"}
-        rows = np.load(directory / vec_name, mmap_mode="r")
+        rows = Rows(RowFile(directory / vec_name), width)  # pread: nothing stays mapped
         index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
         index.save(directory / ann["file"])
     manifest = {
@@ -112,23 +118,33 @@ def write_generation(
 def write_vectors(
     path: Path, dtype: str, count: int, width: int, chunks: Iterable[np.ndarray]
 ) -> None:
-    """The [count, width] vectors file, refusing NaN/inf (also from a float16 overflow): a
-    generation holding one would be refused at every start, so it is never written."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, width))
+    """The [count, width] vectors file, written chunk by chunk with plain writes (a memory map
+    would keep every written page in the builder's resident set: memory growing with the item
+    count), refusing NaN/inf (also from a float16 overflow): a generation holding one would
+    be refused at every start, so it is never written."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": (count, width),
+    }
     row = 0
-    for chunk in chunks:
-        with np.errstate(over="ignore"):
-            out[row : row + len(chunk)] = chunk
-        bad = nonfinite_rows(out[row : row + len(chunk)])
-        if len(bad):
-            raise ValueError(
-                f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no search "
-                "could find it; refusing to write the generation"
-            )
-        row += len(chunk)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            with np.errstate(over="ignore"):
+                block = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1, width)
+            bad = nonfinite_rows(block)
+            if len(bad):
+                raise ValueError(
+                    f"{path.name} row {row + int(bad[0])} holds NaN or inf (as {dtype}): no "
+                    "search could find it; refusing to write the generation"
+                )
+            if row + len(block) > count:
+                raise ValueError(f"more than the {count} vectors announced")
+            f.write(block.tobytes())
+            row += len(block)
     if row != count:
         raise ValueError(f"wrote {row} vectors, expected {count}")
-    out.flush()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -272,6 +288,8 @@ class IndexStore:
         )
         self.items: list[dict[str, Any] | None] = items
         self.row_of = {item["id"]: r for r, item in enumerate(items)}
+        self.payload = PayloadIndex(items)
+        self.calibration = load_calibration(self.directory, manifest)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -362,6 +380,7 @@ class IndexStore:
         for r, item in zip(ids.tolist(), items, strict=True):
             self.items.append(item)
             self.row_of[item["id"]] = r
+        self.payload.add(items)
 
     def _apply_delete(self, item_id: str) -> None:
         row = self.row_of.pop(item_id, None)
@@ -378,7 +397,9 @@ class IndexStore:
             live = np.array(sorted(self.row_of.values()), dtype=np.int64)
             old = self.manifest
             gen = int(old["generation"]) + 1
-            info = {k: v for k, v in old.items() if k not in ("vectors", "items", "wal")}
+            info = {
+                k: v for k, v in old.items() if k not in ("vectors", "items", "wal", "calibration")
+            }
             rows = self.vectors.rows
             chunks = (rows[live[i : i + CHUNK]] for i in range(0, len(live), CHUNK))
             write_generation(
@@ -397,10 +418,19 @@ class IndexStore:
             self._wal = WriteAheadLog(self.directory / self.manifest["wal"], 0)
             self.ops_since_compaction = 0
             old_ann = [old["ann"]["file"]] if old.get("ann") else []
-            for name in (old["vectors"], old["items"], old["wal"], *old_ann):
+            old_table = [old["calibration"]] if old.get("calibration") else []
+            for name in (old["vectors"], old["items"], old["wal"], *old_ann, *old_table):
                 (self.directory / name).unlink(missing_ok=True)
             for dim in dims:
                 self.vectors.warm(dim)
+            self.recalibrate()
+
+    def recalibrate(self) -> None:
+        """Measure and save the recall table of the current generation (index.calibration)."""
+        with self.lock:
+            table = calibration.calibrate(self)
+            calibration.save(self, table)
+            self.calibration = table
 
     def close(self) -> None:
         if self._wal is not None:
@@ -423,9 +453,12 @@ class IndexStore:
             if plan.k == 0:
                 empty = np.empty((len(queries), 0))
                 return Hits(empty.astype(np.float32), empty.astype(np.int64), {})
-            scores, rows = self.vectors.search(queries, plan)
+            allowed = None
+            if plan.filter is not None:
+                allowed = self.payload.mask(plan.filter, len(self.vectors.rows))
+            scores, rows, route = self.vectors.search(queries, plan, allowed)
             items = {r: self.item(r) for r in np.unique(rows).tolist() if r >= 0}
-            return Hits(scores, rows, items)
+            return Hits(scores, rows, items, route)
 
     @property
     def ann(self) -> AnnIndex | None:

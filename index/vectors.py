@@ -13,7 +13,7 @@ the ANN, rerank exactly from the stored vectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faiss
@@ -22,8 +22,9 @@ import numpy as np
 from core.nesting import truncate_normalize_np
 from index.ann import AnnIndex
 from index.plan import SearchPlan
+from index.planner import Route, plan_filtered
 from index.rowfile import RowFile
-from index.search import rerank, scan_top_k, search_index
+from index.search import rerank, scan_rows, scan_top_k, search_index
 
 CHUNK = 65536
 # From this index size adaptive searches shortlist from the ANN: bench_search --threshold
@@ -152,12 +153,22 @@ class Vectors:
     def warm(self, dim: int) -> None:
         self._flat_index(dim)
 
-    def exact(self, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine top-k at `dim` over the live rows; k must be <= len(self)."""
+    def exact(
+        self, queries: np.ndarray, k: int, dim: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine top-k at `dim` over the live rows (and, given `allowed`, only those);
+        k must be <= len(self). Places no admitted row fills hold id -1."""
         index = self._flat_index(dim)
         if index is not None:
-            return search_index(index, queries[:, :dim], k)
-        return scan_top_k(self.rows, queries, k, dim, exclude=self.dead if self.n_dead else None)
+            params = None
+            if allowed is not None:
+                bits = np.packbits(allowed, bitorder="little")
+                selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+                params = faiss.SearchParameters(sel=selector)
+                params.referenced_objects = [selector, bits]
+            return search_index(index, queries[:, :dim], k, params=params)
+        exclude = ~allowed if allowed is not None else self.dead if self.n_dead else None
+        return scan_top_k(self.rows, queries, k, dim, exclude=exclude)
 
     def uses_ann(self, dim: int, use_ann: bool | None) -> bool:
         """Whether a shortlist at `dim` comes from the ANN (auto: when it is big enough)."""
@@ -165,21 +176,68 @@ class Vectors:
             return False
         return use_ann if use_ann is not None else len(self) >= self.ann_min_rows
 
-    def search(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row ids) [n, plan.k]; plan.k <= len(self). Rows an ANN missed come back -1.
+    def search(
+        self, queries: np.ndarray, plan: SearchPlan, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Route]:
+        """(scores, row ids) [n, plan.k] and the route taken; plan.k <= len(self). Rows an
+        ANN missed (or fewer admitted rows than k) come back -1.
 
         Exact at `dim` unless the plan reranks at another dim or asks for the ANN; the ANN path
-        shortlists at its dim and reranks exactly at the final dim.
+        shortlists at its dim and reranks exactly at the final dim. `allowed` (bool per row,
+        a filter's rows) restricts every stage; index.planner decides when the matching rows
+        are few enough to scan exactly instead.
         """
+        if allowed is not None:
+            return self._search_filtered(queries, plan, allowed & ~self.dead)
         if not plan.adaptive and plan.use_ann is not True:
-            return self.exact(queries, plan.k, plan.dim)
+            return (*self.exact(queries, plan.k, plan.dim), Route("exact"))
         shortlist = plan.shortlist_size(len(self))
         if self.uses_ann(plan.dim, plan.use_ann if plan.adaptive else True):
             assert self.ann is not None
             _, candidates = self.ann.search(queries, shortlist, plan.knobs)
+            kind = "ann"
         else:
             _, candidates = self.exact(queries, shortlist, plan.dim)
-        return rerank(self.rows, queries, candidates, plan.k, plan.final_dim)
+            kind = "exact_shortlist"
+        return (*rerank(self.rows, queries, candidates, plan.k, plan.final_dim), Route(kind))
+
+    def _search_filtered(
+        self, queries: np.ndarray, plan: SearchPlan, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, Route]:
+        matched = int(allowed.sum())
+        shortlist = min(plan.shortlist_size(len(self)), max(matched, 1))
+        use_ann = self.uses_ann(plan.dim, plan.use_ann if plan.adaptive else True)
+        ann = self.ann if use_ann else None
+        chosen = plan_filtered(matched, shortlist, ann, plan.knobs)
+        if plan.use_ann is True and ann is not None and ann.filters_inside:
+            chosen = replace(chosen, scan=matched == 0)  # asked for: the ANN, widened
+        if chosen.scan:
+            rows = np.flatnonzero(allowed)
+            k = min(plan.k, max(matched, 1))
+            scores, ids = scan_rows(self.rows, queries, k, plan.final_dim, rows)
+            return (*_pad(scores, ids, plan.k), Route("matching_rows", matched))
+        if not plan.adaptive and plan.use_ann is not True:
+            scores, ids = self.exact(queries, plan.k, plan.dim, allowed)
+            return scores, ids, Route("exact", matched)
+        if ann is not None and ann.filters_inside:
+            _, candidates = ann.search(queries, shortlist, chosen.knobs, allowed)
+            route = Route("ann", matched, chosen.knobs)
+        else:
+            _, candidates = self.exact(queries, shortlist, plan.dim, allowed)
+            route = Route("exact_shortlist", matched)
+        scores, ids = rerank(self.rows, queries, candidates, plan.k, plan.final_dim)
+        return (*_pad(scores, ids, plan.k), route)
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n, k] results, places past what was found as score -inf and id -1."""
+    if scores.shape[1] >= k:
+        return scores, ids
+    pad = ((0, 0), (0, k - scores.shape[1]))
+    return (
+        np.pad(scores, pad, constant_values=-np.inf).astype(np.float32),
+        np.pad(ids, pad, constant_values=-1),
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import anyio
 import numpy as np
 
 from core.quantize import OUTPUT_DTYPES, bytes_per_vector
+from index.calibration import Setting
 from index.dims import percentile_of, read_dims_report
 from index.plan import SearchKnobs, SearchPlan
 from index.search import gpu_count
@@ -22,6 +23,7 @@ from server.metrics import Metrics
 from server.schemas import (
     AddResponse,
     AnnInfo,
+    CalibrationInfo,
     DeleteResponse,
     DimInfo,
     DimsInfo,
@@ -31,6 +33,7 @@ from server.schemas import (
     ImageSearch,
     ItemInfo,
     ItemSample,
+    SearchInfo,
     SearchOptions,
     SearchResponse,
     VectorItem,
@@ -150,40 +153,92 @@ class IndexService:
             shortlist=body.shortlist,
             vectors=vectors,
         )
-        plan = self.plan(body, c)
+        plan, picked = self.plan(body, c)
         timing = None
         if c.vectors is not None:
             x = c.vectors
+            if x.shape[1] < plan.final_dim:
+                raise BadInput(
+                    f"recall_target chose dim {plan.dim} -> {plan.final_dim}, wider than the "
+                    f"{x.shape[1]}-dim query vectors; send full-dim ({self.embedding.full_dim}) "
+                    "vectors with recall_target, or give dim and rerank_dim"
+                )
         else:
             x, timing = await self.embedding.embed_images(images)
         start = time.perf_counter()
-        scores, rows, items = await self._search(x, plan)
+        hits = await self._search(x, plan)
         searched = time.perf_counter() - start
-        quantiles = self.neighbour_quantiles.get(c.rerank_dim or c.dim)
+        quantiles = self.neighbour_quantiles.get(plan.final_dim)
+        ran = hits.route.knobs or plan.knobs  # a filter may have widened the ANN's knobs
         response = SearchResponse(
-            dim=c.dim,
-            rerank_dim=c.rerank_dim,
-            results=self.results(scores, rows, items, quantiles),
+            dim=plan.dim,
+            rerank_dim=plan.rerank_dim,
+            results=self.results(hits.scores, hits.rows, hits.items, quantiles),
+            search=SearchInfo(
+                route=hits.route.kind,
+                shortlist=plan.shortlist if plan.adaptive or plan.use_ann else None,
+                nprobe=ran.nprobe if hits.route.kind == "ann" else None,
+                ef_search=ran.ef_search if hits.route.kind == "ann" else None,
+                matched=hits.route.matched,
+                recall_target=body.recall_target,
+                calibrated_recall=picked.recall if picked is not None else None,
+            ),
         )
         return response, timing, searched
 
-    def plan(self, body: SearchOptions, c: Checked) -> SearchPlan:
-        """The request as the index runs it, the operator's defaults filled in."""
-        ann = self.require_index().ann
-        if body.use_ann and (ann is None or ann.dim != c.dim):
+    def plan(self, body: SearchOptions, c: Checked) -> tuple[SearchPlan, Setting | None]:
+        """The request as the index runs it: the operator's defaults filled in, or with
+        `recall_target` the calibration's pick, any knob the request gave winning over it."""
+        store = self.require_index()
+        ann = store.ann
+        picked = None
+        dim, rerank_dim, shortlist = c.dim, c.rerank_dim, c.shortlist
+        nprobe, ef_search, use_ann = body.nprobe, body.ef_search, body.use_ann
+        if body.recall_target is not None:
+            picked = self.pick(store, body.recall_target, c.k)
+            given = body.model_fields_set
+            dim = c.dim if "dim" in given else picked.dim
+            rerank_dim = c.rerank_dim if "rerank_dim" in given else picked.rerank_dim
+            shortlist = c.shortlist if "shortlist" in given else picked.shortlist
+            nprobe = body.nprobe if "nprobe" in given else picked.nprobe
+            ef_search = body.ef_search if "ef_search" in given else picked.ef_search
+            if "use_ann" not in given and picked.rerank_dim is not None:
+                use_ann = picked.use_ann
+            if rerank_dim is not None and rerank_dim <= dim:
+                rerank_dim = None if rerank_dim == dim else rerank_dim
+        if use_ann and (ann is None or ann.dim != dim):
             have = f"its ANN is at dim {ann.dim} ({ann.factory})" if ann else "it has no ANN"
-            raise BadInput(f"use_ann: this index cannot shortlist at dim {c.dim} by ANN; {have}")
-        return SearchPlan(
+            raise BadInput(f"use_ann: this index cannot shortlist at dim {dim} by ANN; {have}")
+        plan = SearchPlan(
             k=c.k,
-            dim=c.dim,
-            rerank_dim=c.rerank_dim,
-            shortlist=c.shortlist or self.settings.shortlist_factor * c.k,
+            dim=dim,
+            rerank_dim=rerank_dim,
+            shortlist=shortlist or self.settings.shortlist_factor * c.k,
             knobs=SearchKnobs(
-                nprobe=body.nprobe or self.settings.nprobe,
-                ef_search=body.ef_search or self.settings.ef_search,
+                nprobe=nprobe or self.settings.nprobe,
+                ef_search=ef_search or self.settings.ef_search,
             ),
-            use_ann=body.use_ann,
+            use_ann=use_ann,
+            filter=body.filter,
         )
+        return plan, picked
+
+    def pick(self, store: IndexStore, target: float, k: int) -> Setting:
+        """The calibration's cheapest setting at `target`, or a 422 saying what to run."""
+        table = store.calibration
+        if table is None:
+            raise BadInput(
+                f"recall_target: index {store.directory} has no calibration table (built before "
+                f"calibration, or its last compaction was interrupted); run `python -m "
+                f"index.calibrate {store.directory}` on the writer's folder, or give the knobs "
+                "(dim, rerank_dim, shortlist, nprobe, ef_search) instead"
+            )
+        if k > table.k:
+            raise BadInput(
+                f"recall_target: the calibration measured recall@{table.k}; k={k} is past it. "
+                f"Ask for k <= {table.k}, or give the knobs instead"
+            )
+        return table.pick(target)
 
     @staticmethod
     def results(
@@ -224,6 +279,9 @@ class IndexService:
             else None,
             eval_source=measured.get("eval_source"),
             latency_measured=measured.get("latency_measured"),
+            calibration=CalibrationInfo(**store.calibration.model_dump())
+            if store is not None and store.calibration is not None
+            else None,
             dtypes=dtype_infos(self.embedding.nesting_list, measured.get("dtypes") or []),
         )
 

@@ -26,6 +26,8 @@ from pydantic import (
 )
 
 from core.quantize import OutputDtype
+from index.calibration import Setting as CalibratedSetting
+from index.filter import BoundedFilter
 
 MAX_BATCH = 4096  # images, vectors or items in one request
 MAX_K = 10_000
@@ -283,6 +285,15 @@ class SearchOptions(Strict):
         description="shortlist from the index's ANN (true), exactly (false), or let the server "
         "pick (null: the ANN for adaptive searches at its dim on large indexes)",
     )
+    filter: BoundedFilter | None = None
+    recall_target: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="recall@10 to reach instead of knobs: the server picks the cheapest setting "
+        "its calibration table (GET /v1/dims) measured at or above it; dim, rerank_dim, "
+        "shortlist, nprobe and ef_search given in the same request win over the pick",
+    )
 
 
 class ImageSearch(SearchOptions):
@@ -376,10 +387,33 @@ class ItemSample(BaseModel):
     items: list[ItemInfo]
 
 
+class SearchInfo(BaseModel):
+    """How the server ran the search (also the X-Search-Plan header)."""
+
+    route: Literal["exact", "exact_shortlist", "ann", "matching_rows"] = Field(
+        description="exact: exact at `dim`; ann / exact_shortlist: a funnel's shortlist; "
+        "matching_rows: an exact scan of the rows the filter admits (a selective filter)"
+    )
+    shortlist: int | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
+    matched: int | None = Field(None, description="live items the filter admits")
+    recall_target: float | None = None
+    calibrated_recall: float | None = Field(
+        None, description="the chosen setting's recall@10 in the calibration table"
+    )
+
+    def header(self, dim: int, rerank_dim: int | None) -> str:
+        parts = {"route": self.route, "dim": dim, "rerank_dim": rerank_dim, **self.model_dump()}
+        parts.pop("recall_target")
+        return ";".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+
+
 class SearchResponse(BaseModel):
     dim: int
     rerank_dim: int | None = None
     results: list[list[Hit]]
+    search: SearchInfo | None = None
 
 
 class ItemFields(Strict):
@@ -466,6 +500,17 @@ class AnnInfo(BaseModel):
     default_shortlist_factor: int
 
 
+class CalibrationInfo(BaseModel):
+    """The index's measured settings: what `recall_target` chooses from."""
+
+    k: int
+    queries: int = Field(description="held-out items used as queries")
+    rows: int = Field(description="live items when measured")
+    measured: str
+    cost_s: float = Field(description="seconds the calibration took")
+    settings: list[CalibratedSetting]
+
+
 class DimsInfo(BaseModel):
     """What a client needs to choose a dim by cost and accuracy."""
 
@@ -475,6 +520,9 @@ class DimsInfo(BaseModel):
     ann: AnnInfo | None
     eval_source: str | None = Field(None, description="the eval.json the quality came from")
     latency_measured: str | None = Field(None, description="when and on what the ms were timed")
+    calibration: CalibrationInfo | None = Field(
+        None, description="null: measured never (python -m index.calibrate FOLDER)"
+    )
     dtypes: list[DtypeInfo] = Field(
         default_factory=list,
         description="per (dim, output type): bytes per vector and, where evaluated, quality",

@@ -141,10 +141,33 @@ function renderHits(list, hits, reference) {
   }
 }
 
-function statsLine(node, ms, recall, k, full) {
+// The filter box: empty means no filter; anything else must be JSON (the server checks it).
+function currentFilter() {
+  const text = $("filter").value.trim();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`The filter is not valid JSON (${e.message}); see docs/SEARCH.md, Filters.`);
+  }
+}
+
+function routeText(info) {
+  if (!info) return null;
+  let text = info.route.replace("_", " ");
+  if (info.matched !== null && info.matched !== undefined) text += `, ${info.matched} match`;
+  if (info.calibrated_recall !== null && info.calibrated_recall !== undefined) {
+    text += `, calibrated ${info.calibrated_recall.toFixed(3)}`;
+  }
+  return text;
+}
+
+function statsLine(node, ms, recall, k, full, info) {
   node.replaceChildren();
   const parts = [["server ", ms === null ? "n/a" : `${ms.toFixed(1)} ms`]];
   if (recall !== null) parts.push([`recall@${k} vs ${full}: `, recall.toFixed(2)]);
+  const route = routeText(info);
+  if (route) parts.push(["", route]);
   parts.forEach(([label, value], i) => {
     if (i) node.append(" · ");
     node.append(label, el("b", "", value));
@@ -155,12 +178,15 @@ async function runSearches(vector) {
   const run = ++state.run;
   const k = Number($("k").value);
   const full = state.model.full_dim;
+  const filter = currentFilter();
   const columns = selectedColumns();
+  const target = $("recall-target").value;
+  if (target) columns.push({ title: `recall target ${target}`, dim: null, target: Number(target) });
   const box = $("columns");
   box.replaceChildren();
   const nodes = columns.map((col) => {
     const node = el("section", "column busy");
-    node.dataset.dim = col.dim;
+    if (col.dim) node.dataset.dim = col.dim;
     if (col.rerank) node.dataset.rerank = col.rerank;
     const stats = el("div", "stats", "searching…");
     const list = el("ol", "hits");
@@ -169,8 +195,13 @@ async function runSearches(vector) {
     return { col, node, stats, list };
   });
   // The full-dim answer is the reference every column is compared with.
+  const extra = filter === null ? {} : { filter };
   const search = (dim, rerank) =>
-    postJson("/v1/search", { vectors: [vector], dim, k, ...(rerank ? { rerank_dim: rerank } : {}) });
+    postJson("/v1/search", {
+      vectors: [vector], dim, k, ...extra, ...(rerank ? { rerank_dim: rerank } : {}),
+    });
+  const searchTarget = (recall_target) =>
+    postJson("/v1/search", { vectors: [vector], k, recall_target, ...extra });
   let reference;
   try {
     reference = await search(full, null);
@@ -185,9 +216,9 @@ async function runSearches(vector) {
   const refIds = new Set(reference.body.results[0].map((h) => h.id));
   for (const { col, node, stats, list } of nodes) {
     let answer = reference;
-    if (col.dim !== full || col.rerank) {
+    if (col.target || col.dim !== full || col.rerank) {
       try {
-        answer = await search(col.dim, col.rerank);
+        answer = col.target ? await searchTarget(col.target) : await search(col.dim, col.rerank);
       } catch (e) {
         node.classList.remove("busy");
         stats.replaceChildren(el("span", "message", e.message));
@@ -198,7 +229,7 @@ async function runSearches(vector) {
     const hits = answer.body.results[0];
     const overlap = hits.filter((h) => refIds.has(h.id)).length;
     const recall = refIds.size ? overlap / refIds.size : null;
-    statsLine(stats, answer.ms, recall, k, full);
+    statsLine(stats, answer.ms, recall, k, full, answer.body.search);
     renderHits(list, hits, refIds);
     node.classList.remove("busy");
   }
@@ -289,7 +320,9 @@ function wireInputs() {
   });
   $("random").addEventListener("click", randomItem);
   const rerun = () => state.query && guarded(() => runSearches(state.query.vector));
-  for (const id of ["k", "adaptive-on", "adaptive-from", "adaptive-to"]) $(id).addEventListener("change", rerun);
+  for (const id of ["k", "adaptive-on", "adaptive-from", "adaptive-to", "filter", "recall-target"]) {
+    $(id).addEventListener("change", rerun);
+  }
   $("dims").addEventListener("change", rerun);
 }
 
@@ -414,6 +447,7 @@ async function loadDims(path) {
         "exact search, one query, measured when the index was built.";
     }
     drawChart(rows);
+    showCalibration(body.calibration);
     const drawn = drawDtypeChart(body.dtypes || []);
     $("chart-dtypes-note").textContent = drawn
       ? "Each line: one output_dtype at every nesting dim (GET /v1/dims, dtypes); " +
@@ -422,6 +456,28 @@ async function loadDims(path) {
   } catch (e) {
     note.textContent = `Quality per dim unavailable: ${e.message}`;
   }
+}
+
+function showCalibration(table) {
+  const box = $("calibration");
+  if (!table) {
+    box.hidden = true;
+    return;
+  }
+  $("calibration-note").textContent =
+    `${table.queries} held-out items of ${table.rows.toLocaleString()}, measured ${table.measured} ` +
+    `in ${table.cost_s.toFixed(1)} s; exact search at the full dim is the last row.`;
+  const body = $("calibration-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const s of table.settings) {
+    const tr = document.createElement("tr");
+    const knob = s.nprobe ?? s.ef_search ?? "";
+    for (const v of [s.dim, s.rerank_dim ?? "", s.shortlist ?? "", knob, s.recall.toFixed(3), s.ms.toFixed(2)]) {
+      tr.append(el("td", "", String(v)));
+    }
+    body.append(tr);
+  }
+  box.hidden = false;
 }
 
 async function init() {

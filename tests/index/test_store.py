@@ -50,8 +50,8 @@ def test_unclosed_writer_is_replayed_exactly(tmp_path):
     after = snapshot(again)
     assert before[0] == after[0] and len(again) == 9
     np.testing.assert_array_equal(before[1], after[1])
-    s1, r1, _ = store.search(x, SearchPlan(3, 16, 32, 6))
-    s2, r2, _ = again.search(x, SearchPlan(3, 16, 32, 6))
+    s1, r1, *_ = store.search(x, SearchPlan(3, 16, 32, 6))
+    s2, r2, *_ = again.search(x, SearchPlan(3, 16, 32, 6))
     np.testing.assert_allclose(s1, s2, rtol=1e-6)
     assert [[store.item(r)["id"] for r in row] for row in r1] == [
         [again.item(r)["id"] for r in row] for row in r2
@@ -83,10 +83,11 @@ def test_compaction_keeps_live_items_and_drops_old_files(tmp_path):
         store.delete(f"v{i}")
     store.search(x, SearchPlan(5, 8, None, 5))
     before = snapshot(store)
-    scores, rows, _ = store.search(x, SearchPlan(5, 8, 32, 10))
+    scores, rows, *_ = store.search(x, SearchPlan(5, 8, 32, 10))
     ids = [[store.item(r)["id"] for r in row] for row in rows]
     store.compact()
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == [
+        "calibration-1.json",  # the recall table, remeasured with every compaction
         "items-1.jsonl",
         "manifest.json",
         "vectors-1.npy",
@@ -96,7 +97,7 @@ def test_compaction_keeps_live_items_and_drops_old_files(tmp_path):
         after = snapshot(s)
         assert before[0] == after[0]
         np.testing.assert_array_equal(before[1], after[1])
-        s2, r2, _ = s.search(x, SearchPlan(5, 8, 32, 10))
+        s2, r2, *_ = s.search(x, SearchPlan(5, 8, 32, 10))
         np.testing.assert_allclose(scores, s2, rtol=1e-6)
         assert ids == [[s.item(r)["id"] for r in row] for row in r2]
     store.add(items(["new"]), x[:1])
@@ -120,7 +121,7 @@ def test_refuses_other_checkpoint_width_and_missing_folder(tmp_path):
 def test_edit_errors_and_empty_search(tmp_path):
     store = open_store(tmp_path / "i")
     x = matryoshka_vectors(2, 32, seed=3)
-    scores, _, _ = store.search(x, SearchPlan(5, 8, None, 10))
+    scores, *_ = store.search(x, SearchPlan(5, 8, None, 10))
     assert scores.shape == (2, 0)
     store.add(items(["a"]), x[:1])
     with pytest.raises(DuplicateIds, match="a"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -259,3 +260,29 @@ def test_a_server_without_an_index_says_so(browser, server, tmp_path):
         assert console_errors(browser) == []
     finally:
         bare.stop()
+
+
+def test_filter_box_recall_target_column_and_calibration_table(browser, server, query_png):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, server)
+    wait_for(browser, lambda b: b.find_element("id", "calibration").is_displayed(), "table")
+    rows = browser.find_elements("css selector", "#calibration-table tbody tr")
+    table = httpx.get(server.url + "/v1/dims").json()["calibration"]
+    assert len(rows) == len(table["settings"]) >= 1
+    label = httpx.get(server.url + "/v1/items/train-0").json()["label"]
+    browser.find_element("id", "filter").send_keys(json.dumps({"field": "label", "eq": label}))
+    Select(browser.find_element("id", "k")).select_by_visible_text("5")
+    Select(browser.find_element("id", "recall-target")).select_by_visible_text("0.99")
+    upload(browser, query_png)
+    cols = wait_for(browser, lambda b: filled(b, 5), "filtered columns filled")
+    assert cols[-1]["title"] == "recall target 0.99"
+    assert "calibrated 1.000" in cols[-1]["stats"]  # a small index: exact is the only row
+    for col in cols:
+        assert "match" in col["stats"], col["stats"]  # the route and the filter's matches
+        for item in col["ids"]:
+            assert httpx.get(f"{server.url}/v1/items/{item}").json()["label"] == label
+    browser.find_element("id", "filter").clear()
+    browser.find_element("id", "filter").send_keys("{not json")
+    browser.find_element("id", "k").click()  # blur: a change event
+    wait_for(browser, lambda b: "not valid JSON" in b.find_element("id", "error").text, "error")
