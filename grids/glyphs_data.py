@@ -96,7 +96,7 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
                 "Mono-Oblique",
                 "Mono-BoldOblique",
             )
-        ],  # fmt: skip
+        ],
         "dejavu-serif": [
             f"{DJV}/DejaVuSerif{s}.ttf"
             for s in (
@@ -109,19 +109,19 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
                 "Condensed-Italic",
                 "Condensed-BoldItalic",
             )
-        ],  # fmt: skip
+        ],
     },
     "validation": {
         "century": [f"{URW}/C059-{s}.otf" for s in ("Roman", "Bold", "Italic", "BdIta")],
         "bookman": [
             f"{URW}/URWBookman-{s}.otf" for s in ("Light", "Demi", "LightItalic", "DemiItalic")
-        ],  # fmt: skip
+        ],
     },
     "test": {
         "palatino": [f"{URW}/P052-{s}.otf" for s in ("Roman", "Bold", "Italic", "BoldItalic")],
         "avant-garde": [
             f"{URW}/URWGothic-{s}.otf" for s in ("Book", "Demi", "BookOblique", "DemiOblique")
-        ],  # fmt: skip
+        ],
         "carlito": [f"{CROS}/Carlito-{s}.ttf" for s in STYLES4],
     },
 }

@@ -5,8 +5,8 @@ on frozen full-dim embeddings, trained so that every prefix of f(x) keeps the fu
 neighbourhoods, with a penalty on moving away from x. The neighbourhood loss here is the
 KL divergence between the full embedding's softmax over a batch's cosines and each prefix's
 (similarity-distribution distillation; the paper matches the cosines themselves, which in a
-first try here collapsed the small prefixes). Here it starts from the PCA-rotated embedding (g = 0 at
-initialisation, the last layer zeroed), so it can only add to what a rotation gives: the
+first try here collapsed the small prefixes). It starts from the PCA-rotated embedding
+(g = 0 at initialisation, the last layer zeroed), so it can only add to what a rotation gives: the
 non-linearity may pack more of the neighbourhood structure into the small prefixes than the
 principal axes hold. Fitted on the bank (train split) embeddings alone; the same map is then
 applied to the queries. `python -m trainer.evaluate --rotation pca --adaptor` scores it.
