@@ -1,9 +1,9 @@
 """`python -m experiments.nest_report`: issue 26's equal-bytes table on every dataset, and where
 learned nesting crosses a free PCA.
 
-Reads the ablation harness's results.json files (docs/results/<grid>/results.json), merges the
-variants of several grids run on the same data and seeds (a seed present in two files must agree:
-the runs are deterministic on CPU, so a re-run non-nested model reproduces the stored one), and
+Reads the ablation harness's results.json files (docs/results/<grid>/results.json) of the grids
+run on one dataset with the same seeds (a re-run of the same command is not bit-identical, so a
+variant's difference is taken against `baseline-pca` of its own file when it has one), and
 writes, per dataset, every variant's kNN top-1 and mAP@10 at each dim and its seed-by-seed
 difference to the non-nested model + PCA (`baseline-pca`, the free post-hoc nesting) with the 90%
 paired interval (experiments.seed_stats); then one plot of (learned - PCA) at 8 dims against the
@@ -41,58 +41,57 @@ LEARNED = ["matryoshka", "mrl-pg03", "mrl-pg1", "mrl-paper", "mrl-uniform", "pos
 METRICS = (("knn_top1", "kNN top-1"), ("map_at_k", "mAP@10"))
 
 
-def load_variants(files: list[Path]) -> tuple[dict, list[str]]:
-    """variant -> dim -> metric -> {seed: value}; and notes on seeds present in two files."""
-    merged: dict = {}
+def load_source(path: Path) -> dict:
+    """variant -> dim -> metric -> {seed: value} from one results.json."""
+    out: dict = {}
+    for v in json.loads(path.read_text())["variants"]:
+        for row in v["rows"]:
+            for key, _ in METRICS:
+                values = dict(zip(v["seeds_done"], row[key]["values"], strict=True))
+                out.setdefault(v["name"], {}).setdefault(row["dim"], {})[key] = values
+    return out
+
+
+def summarize_dataset(files: list[Path]) -> tuple[dict, list[str]]:
+    """Rows per variant with the paired difference to `baseline-pca`, taken within the same
+    results.json when it has one (the same checkpoints: (a), (b) and (f) are one trained model),
+    else against the first file's (the same seeds: the same data draw and initialisation). A
+    variant already shown from an earlier file is suffixed with its grid's name."""
+    out: dict = {}
     notes = []
+    base_ref = None
     for path in files:
         if not path.exists():
-            notes.append(f"{path}: missing")
+            notes.append(f"{path}: not run")
             continue
-        for v in json.loads(path.read_text())["variants"]:
-            seeds = v["seeds_done"]
-            into = merged.setdefault(v["name"], {})
-            for row in v["rows"]:
+        source = load_source(path)
+        ref = source.get(REFERENCE, base_ref) or {}
+        if base_ref is None and REFERENCE in source:
+            base_ref = source[REFERENCE]
+        for name, dims in source.items():
+            label = name if name not in out else f"{name} [{path.parent.name}]"
+            rows = []
+            for dim in sorted(dims):
+                row = {"dim": dim}
                 for key, _ in METRICS:
-                    cell = into.setdefault(row["dim"], {}).setdefault(key, {})
-                    for seed, value in zip(seeds, row[key]["values"], strict=True):
-                        if seed in cell:
-                            if abs(cell[seed] - value) > 1e-6:
-                                notes.append(
-                                    f"{v['name']} seed {seed} dim {row['dim']} {key}: "
-                                    f"{cell[seed]:.4f} kept, {value:.4f} in {path} differs"
-                                )
-                        else:
-                            cell[seed] = value
-    return merged, notes
-
-
-def summarize_dataset(variants: dict) -> dict:
-    out = {}
-    ref = variants.get(REFERENCE, {})
-    for name, dims in variants.items():
-        rows = []
-        for dim in sorted(dims):
-            row = {"dim": dim}
-            for key, _ in METRICS:
-                vals = dims[dim][key]
-                seeds = sorted(vals)
-                xs = [vals[s] for s in seeds]
-                mean = sum(xs) / len(xs)
-                std = (
-                    (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0
-                )
-                cell = {"mean": mean, "std": std, "seeds": seeds, "values": xs}
-                r = ref.get(dim, {}).get(key, {})
-                common = [s for s in seeds if s in r]
-                if name != REFERENCE and len(common) >= 2:
-                    d, half = paired_difference([vals[s] for s in common], [r[s] for s in common])
-                    cell["minus_pca"] = {"points": 100 * d, "half_width": 100 * half,
-                                         "seeds": common}  # fmt: skip
-                row[key] = cell
-            rows.append(row)
-        out[name] = rows
-    return out
+                    vals = dims[dim][key]
+                    seeds = sorted(vals)
+                    xs = [vals[s] for s in seeds]
+                    mean = sum(xs) / len(xs)
+                    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0
+                    cell = {"mean": mean, "std": var**0.5, "seeds": seeds, "values": xs,
+                            "source": str(path)}  # fmt: skip
+                    r = ref.get(dim, {}).get(key, {})
+                    common = [s for s in seeds if s in r]
+                    if r is not vals and len(common) >= 2:
+                        x, y = [vals[s] for s in common], [r[s] for s in common]
+                        d, half = paired_difference(x, y)
+                        cell["minus_pca"] = {"points": 100 * d, "half_width": 100 * half,
+                                             "seeds": common}  # fmt: skip
+                    row[key] = cell
+                rows.append(row)
+            out[label] = rows
+    return out, notes
 
 
 def _fmt(cell: dict) -> str:
@@ -104,6 +103,11 @@ def _diff(cell: dict) -> str:
     if d is None:
         return "-"
     return f"{d['points']:+.1f} ±{d['half_width']:.1f} ({len(d['seeds'])})"
+
+
+def _rank(label: str) -> tuple[int, str]:
+    base = label.split(" [")[0]
+    return (list(LABELS).index(base) if base in LABELS else 99, label)
 
 
 def markdown(summary: dict) -> str:
@@ -122,13 +126,14 @@ def markdown(summary: dict) -> str:
                 + " | ".join(f"{d} - (b)" for d in show) + " |",
                 "|---|---:|" + "---:|" * (2 * len(show)),
             ]  # fmt: skip
-            order = [n for n in LABELS if n in var] + [n for n in var if n not in LABELS]
+            order = sorted(var, key=_rank)
             for name in order:
                 rows = {r["dim"]: r for r in var[name]}
                 cells = [_fmt(rows[d][key]) if d in rows else "-" for d in show]
                 diffs = [_diff(rows[d][key]) if d in rows else "-" for d in show]
                 n = max(len(r[key]["seeds"]) for r in var[name])
-                label = LABELS.get(name, name)
+                base, _, tag = name.partition(" [")
+                label = LABELS.get(base, base) + (f" [{tag}" if tag else "")
                 lines.append(f"| {label} | {n} | " + " | ".join(cells + diffs) + " |")
             lines.append("")
         if ds["notes"]:
@@ -144,10 +149,11 @@ def crossover(summary: dict) -> list[dict]:
             continue
         ref = {r["dim"]: r for r in var[REFERENCE]}
         full = ref[max(ref)]["knn_top1"]["mean"]
-        for name in LEARNED:
-            if name not in var:
+        for label in var:
+            name = label.split(" [")[0]
+            if name not in LEARNED:
                 continue
-            row = next((r for r in var[name] if r["dim"] == 8), None)
+            row = next((r for r in var[label] if r["dim"] == 8), None)
             if row is None or "minus_pca" not in row["knn_top1"]:
                 continue
             points.append({"dataset": ds["name"], "classes": ds["classes"], "variant": name,
@@ -194,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     datasets = []
     for name, classes, scored, grids in DATASETS:
         files = [args.results / g / "results.json" for g in grids]
-        variants, notes = load_variants(files)
+        variants, notes = summarize_dataset(files)
         if variants:
             datasets.append({"name": name, "classes": classes, "scored": scored,
                              "sources": [str(f) for f in files], "notes": notes,
-                             "variants": summarize_dataset(variants)})  # fmt: skip
+                             "variants": variants})  # fmt: skip
     summary = {"reference": REFERENCE, "datasets": datasets}
     summary["crossover_8"] = crossover(summary)
     args.out.mkdir(parents=True, exist_ok=True)
