@@ -22,7 +22,9 @@ are disjoint from both (choices are made on validation; test is read for the fin
 
 Capture jitter per image (seeded, so the set is the same on every machine with the same font
 files): scale 0.8-1.1, rotation +-8 degrees, offset +-2 px, stroke weight +0..3/128 of the
-height, random background and ink colours at least 0.35 apart in luminance, Gaussian noise.
+height, paper grey 0.7-1.0 and ink grey 0-0.35 (each with a faint +-0.04 tint per channel),
+Gaussian noise. Random colours were tried first and dropped: MoCo learnt the colours, not the
+characters (validation kNN top-1 0.07 at full dim, where 1-NN on raw pixels gets 0.57).
 Rendering: 128x128, downsampled (box filter) to 32x32.
 
 Fonts come from Debian packages (fonts-urw-base35, fonts-liberation2, fonts-freefont-ttf,
@@ -181,11 +183,10 @@ def render(font: ImageFont.FreeTypeFont, char: str, rng: np.random.Generator) ->
     )
     mask = mask.rotate(rng.uniform(-8, 8), resample=Image.BICUBIC, center=(CANVAS / 2, CANVAS / 2))
     alpha = np.asarray(mask.resize((SIZE, SIZE), Image.BOX), dtype=np.float32)[..., None] / 255
-    while True:
-        bg, ink = rng.uniform(0, 1, size=(2, 3))
-        lum = np.array([0.299, 0.587, 0.114])
-        if abs(bg @ lum - ink @ lum) >= 0.35:
-            break
+    # dark ink on paper, grey levels and a faint tint jittered: random colours were a shortcut
+    # MoCo took (v1: kNN top-1 0.07 at full dim on validation, raw pixels 0.57)
+    bg = rng.uniform(0.7, 1.0) + rng.uniform(-0.04, 0.04, size=3)
+    ink = rng.uniform(0.0, 0.35) + rng.uniform(-0.04, 0.04, size=3)
     img = bg * (1 - alpha) + ink * alpha + rng.normal(0, rng.uniform(0, 0.04), (SIZE, SIZE, 3))
     return Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
 
