@@ -23,6 +23,7 @@ REFERENCE = "baseline-pca"
 # name, classes, what is scored, the results.json files (earlier files win a shared seed)
 DATASETS = [
     ("shapes", 10, "test split", ["compare-v2-5seeds", "nest-shapes"]),
+    ("shapes (validation, 20 epochs)", 10, "validation slice", ["ablate-rotation-screen"]),
     ("digits", 10, "validation slice", ["ablate-digits-5seeds", "nest-digits"]),
     ("glyphs (validation)", 91, "validation designs", ["nest-glyphs"]),
     ("glyphs (test)", 91, "test designs", ["nest-glyphs-test"]),
@@ -37,6 +38,15 @@ LABELS = {
     "mrl-uniform": "(e) uniform nesting 8,64,..,256, end to end, PCA",
     "posthoc-adaptor": "(f) non-nested + PCA + post-hoc adaptor",
 }
+# earlier grids' names for the same variants (grids/rotation-screen.toml: lr 0.015 = the default)
+ALIASES = {
+    "baseline-lr0.015": "baseline",
+    "baseline-lr0.015-pca": "baseline-pca",
+    "sqrt-pg0-lr0.015-pca": "matryoshka",
+    "sqrt-lr0.015-pca": "mrl-pg1",
+    "sqrt-lr0.015": "mrl-pg1-raw",
+    "sqrt-pg0-lr0.015": "matryoshka-raw",
+}
 LEARNED = ["matryoshka", "mrl-pg03", "mrl-pg1", "mrl-paper", "mrl-uniform", "posthoc-adaptor"]
 METRICS = (("knn_top1", "kNN top-1"), ("map_at_k", "mAP@10"))
 
@@ -45,6 +55,7 @@ def load_source(path: Path) -> dict:
     """variant -> dim -> metric -> {seed: value} from one results.json."""
     out: dict = {}
     for v in json.loads(path.read_text())["variants"]:
+        v["name"] = ALIASES.get(v["name"], v["name"])
         for row in v["rows"]:
             for key, _ in METRICS:
                 values = dict(zip(v["seeds_done"], row[key]["values"], strict=True))
