@@ -152,6 +152,40 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def compact(summary: dict) -> str:
+    """One table over datasets: each variant minus (b) at 8, 16, 32 and the full dim, kNN top-1 /
+    mAP@10 points with the 90% paired interval, and (b)'s own score for scale."""
+    head = "| dataset | variant | seeds | 8 | 16 | 32 | full |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
+    for ds in summary["datasets"]:
+        var = ds["variants"]
+        for name in sorted(var, key=_rank):
+            base, _, tag = name.partition(" [")
+            if base not in LABELS:
+                continue
+            rows = {r["dim"]: r for r in var[name]}
+            full = max(rows)
+            cells = []
+            for d in (8, 16, 32, full):
+                r = rows.get(d)
+                if r is None:
+                    cells.append("-")
+                elif base == REFERENCE:
+                    cells.append(f"{r['knn_top1']['mean']:.3f} / {r['map_at_k']['mean']:.3f}")
+                else:
+                    k, m = r["knn_top1"].get("minus_pca"), r["map_at_k"].get("minus_pca")
+                    cells.append(
+                        "-"
+                        if k is None
+                        else f"{k['points']:+.1f} ±{k['half_width']:.1f} / "
+                        f"{m['points']:+.1f} ±{m['half_width']:.1f}"
+                    )
+            n = max(len(r["knn_top1"]["seeds"]) for r in var[name])
+            label = LABELS[base] + (f" [{tag}" if tag else "")
+            lines.append(f"| {ds['name']} | {label} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def crossover(summary: dict) -> list[dict]:
     points = []
     for ds in summary["datasets"]:
@@ -222,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = markdown(summary)
     (args.out / "table.md").write_text(table + "\n")
+    (args.out / "compact.md").write_text(compact(summary) + "\n")
     if summary["crossover_8"]:
         plot(summary["crossover_8"], args.out / "crossover.png")
     print(table)
