@@ -89,3 +89,40 @@ def test_grid_checkpoints_scores_another_grids_runs_without_training(tmp_path):
     assert [r.eval for r in runs] == [["--test-split", "test"],
                                       ["--test-split", "test", "--rotation", "pca"]]  # fmt: skip
     assert runs[0].folder == tmp_path / "out/base/seed0" and runs[0].width == 16
+
+
+def results_json(path: Path, variants: dict[str, dict[int, list[float]]], seeds=(0, 1, 2)) -> Path:
+    rows = lambda by_dim: [  # noqa: E731
+        {"dim": d, "knn_top1": {"values": v}, "map_at_k": {"values": [x / 2 for x in v]}}
+        for d, v in by_dim.items()
+    ]
+    body = [{"name": n, "seeds_done": list(seeds), "rows": rows(v)} for n, v in variants.items()]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({"variants": body}))
+    return path / "results.json"
+
+
+def test_nest_report_pairs_each_variant_with_the_pca_of_its_own_grid(tmp_path):
+    from experiments import nest_report
+
+    old = results_json(tmp_path / "old", {
+        "baseline-pca": {8: [0.5, 0.6, 0.7], 256: [0.8, 0.8, 0.8]},
+        "matryoshka": {8: [0.52, 0.61, 0.73], 256: [0.8, 0.81, 0.8]},
+    })  # fmt: skip
+    new = results_json(tmp_path / "new", {
+        "baseline-pca": {8: [0.4, 0.4, 0.4], 256: [0.7, 0.7, 0.7]},
+        "posthoc-adaptor": {8: [0.41, 0.41, 0.41], 256: [0.7, 0.7, 0.7]},
+        "mrl-pg1": {8: [0.5, 0.6, 0.7], 256: [0.8, 0.8, 0.8]},
+    })  # fmt: skip
+    var, notes = nest_report.summarize_dataset([old, new, tmp_path / "missing/results.json"])
+    assert notes == [f"{tmp_path / 'missing/results.json'}: not run"]
+    diff = {name: rows[0]["knn_top1"].get("minus_pca") for name, rows in var.items()}
+    assert diff["matryoshka"]["points"] == pytest.approx(2.0)  # against the old grid's PCA
+    assert diff["posthoc-adaptor"]["points"] == pytest.approx(1.0)  # against its own grid's
+    assert diff["mrl-pg1"]["points"] == pytest.approx(20.0)
+    assert diff["baseline-pca"] is None and diff["baseline-pca [new]"] is None
+    summary = {"datasets": [{"name": "toy", "classes": 3, "scored": "x", "notes": [],
+                             "variants": var}]}  # fmt: skip
+    assert "| toy | (c) defaults" in nest_report.compact(summary)
+    points = nest_report.crossover(summary)
+    assert {p["variant"] for p in points} == {"matryoshka", "posthoc-adaptor", "mrl-pg1"}
