@@ -30,7 +30,7 @@ TRAIN_FLAGS := --dataset $(DATASET) --arch $(ARCH) --output-dir $(OUTPUT) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train train-ddp eval ablate compare serve test test-slow test-ui fuzz lint bench gpu-wheels \
+.PHONY: help setup train train-ddp eval rotate ablate compare serve test test-slow test-ui fuzz lint bench gpu-wheels \
 	k8s-validate k8s-train k8s-eval k8s-serve k8s-logs docker-build docker-test k8s-podman-test clean
 
 # `make help` lists these with their values as this command line sets them.
@@ -66,6 +66,9 @@ $(OUTPUT)/checkpoint.pt:
 
 eval: $(STAMP) $(OUTPUT)/checkpoint.pt ## kNN + mAP@k at every nesting dim -> $(OUTPUT)/eval.json + plot
 	$(PY) -m trainer.evaluate --checkpoint $(OUTPUT)/checkpoint.pt --output $(OUTPUT)/eval.json
+
+rotate: $(STAMP) $(OUTPUT)/checkpoint.pt ## post hoc: fit the PCA rotation (--rotation pca) on any finished checkpoint, in place
+	$(PY) -m trainer.rotation $(OUTPUT)/checkpoint.pt
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .

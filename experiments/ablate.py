@@ -56,12 +56,13 @@ def plan(grid: Grid, seeds: list[int], only: list[str] | None) -> list[Run]:
             continue
         for seed in seeds:
             folder = grid.out / name / f"seed{seed}"
-            trained = grid.out / (v.of or name) / f"seed{seed}"
+            trained = (grid.checkpoints or grid.out) / (v.of or name) / f"seed{seed}"
             argv = [*grid.common, *grid.variants[v.of or name].train, "--seed", str(seed),
                     "--output-dir", str(trained)]  # fmt: skip
             width = parse_train_args(argv).embed_dim  # also: bad flags fail here, not mid-sweep
-            train = argv if v.of is None else None
-            runs.append(Run(name, seed, folder, train, trained / "checkpoint.pt", v.eval, width))
+            train = argv if v.of is None and grid.checkpoints is None else None
+            flags = [*grid.eval_common, *v.eval]
+            runs.append(Run(name, seed, folder, train, trained / "checkpoint.pt", flags, width))
     return sorted(runs, key=lambda r: r.train is None)
 
 

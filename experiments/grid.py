@@ -42,10 +42,17 @@ class Grid(BaseModel):
     seeds: list[int] = [0, 1, 2]
     dims: list[int] = Field([8, 16, 32, 64, 128, 256], description="dims scored (up to each width)")
     common: list[str] = Field([], description="trainer flags for every variant")
+    eval_common: list[str] = Field([], description="trainer.evaluate flags for every variant")
+    checkpoints: Path | None = Field(
+        None,
+        description="score the checkpoints another grid trained under this folder (its `out`; "
+        "the same variants and `common`): nothing is trained, e.g. the test-split table of a "
+        "grid tuned on the validation split",
+    )
     reference: str | None = Field(None, description="variant the differences are taken against")
     variants: dict[str, Variant]
 
-    @field_validator("common", mode="before")
+    @field_validator("common", "eval_common", mode="before")
     @classmethod
     def _flags(cls, v: object) -> object:
         return _split_flags(v)

@@ -14,6 +14,8 @@ Fitted once when training finishes (`--rotation pca`), stored in the checkpoint,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Subset
@@ -100,3 +102,50 @@ def train_sample(
             bars=use_bars(cfg.log_format),
         )
     return x
+
+
+def rotate_checkpoint(path: Path, output: Path | None = None, device: str = "auto") -> Path:
+    """Fit the PCA rotation on a finished checkpoint's train split and write the checkpoint with
+    it: the post-hoc path that gives any MoCo model (e.g. one trained with --rotation none or
+    by another recipe) the nested prefixes `--rotation pca` serves. Returns the written path."""
+    from dataclasses import replace
+
+    from core.checkpoint import load_checkpoint, save_checkpoint
+    from core.device import pick_device
+    from core.encoder import load_encoder
+    from trainer.checkpointing import train_config
+
+    ckpt = load_checkpoint(path)
+    cfg = train_config(ckpt)
+    dev = pick_device(device)
+    encoder = load_encoder(ckpt, dev)
+    encoder.rotation = None  # fit on the trained coordinates, replacing any earlier rotation
+    x = train_sample(encoder, cfg, dev)
+    rotation = torch.from_numpy(pca_rotation(x))
+    calibration = fit_calibration(x @ rotation.numpy(), list(cfg.nesting_list))
+    out = Path(output or path)
+    train = {**ckpt.train, "rotation": "pca"}
+    save_checkpoint(replace(ckpt, rotation=rotation, calibration=calibration, train=train), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import make_parser
+
+    parser = make_parser(
+        "python -m trainer.rotation",
+        "Fit the PCA rotation (--rotation pca) on a trained checkpoint, after training.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a trainer checkpoint.pt")
+    parser.add_argument("--output", type=Path, help="where to write it (default: in place)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+    out = rotate_checkpoint(args.checkpoint, args.output, args.device)
+    print(f"wrote {out}: served prefixes are now the principal axes of the train split")
+    return 0
+
+
+if __name__ == "__main__":
+    from core.cli import run_cli
+
+    run_cli(main, "python -m trainer.rotation")

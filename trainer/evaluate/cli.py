@@ -255,7 +255,11 @@ def embed_checkpoint(args) -> tuple[Embedded, Checkpoint, TrainConfig]:
     from core.encoder import load_encoder
 
     ckpt = load_checkpoint(args.checkpoint)
-    overrides = {"dataset": args.dataset, "cache_dir": args.cache_dir}
+    overrides = {
+        "dataset": args.dataset,
+        "cache_dir": args.cache_dir,
+        "test_split": args.test_split,
+    }
     cfg = train_config(ckpt).model_copy(update={k: v for k, v in overrides.items() if v})
     device = pick_device(args.device)
     encoder = load_encoder(ckpt, device)
@@ -291,6 +295,11 @@ def build_parser():
     )
     parser.add_argument("--dataset", help="override the checkpoint's dataset (or name an npz)")
     parser.add_argument("--cache-dir", type=Path, help="dataset cache (default: the checkpoint's)")
+    parser.add_argument(
+        "--test-split",
+        help="score this split of the dataset instead of the checkpoint's --test-split (e.g. "
+        "tune on validation, then score test once)",
+    )
     parser.add_argument("--output", type=Path, default=Path("eval.json"), help="JSON results")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours (default: 20)")
     parser.add_argument("--map-k", type=int, default=10, help="mAP cut-off (default: 10)")
@@ -324,6 +333,12 @@ def build_parser():
         default="auto",
         help="auto: the checkpoint's own (none for --embeddings); pca: fit one on the bank "
         "(what training fits); none: the trained coordinates",
+    )
+    parser.add_argument(
+        "--adaptor",
+        action="store_true",
+        help="after the rotation, fit a post-hoc Matryoshka adaptor on the bank embeddings "
+        "(trainer/posthoc.py) and score the adapted embeddings",
     )
     return parser
 
@@ -361,13 +376,23 @@ def main(argv: list[str] | None = None) -> int:
         if len(arrays.train_x) < 2:
             raise UsageError("--rotation pca needs at least 2 train (bank) embeddings to fit")
         arrays = pca_rotated(arrays)
+    if args.adaptor:
+        from trainer.posthoc import apply_adaptor, fit_adaptor
+
+        check_embeddings(arrays, dims, args.k, args.map_k)
+        model = fit_adaptor(arrays.train_x)
+        calibration = None  # new coordinates: the int8 grid is fitted on the bank instead
+        arrays = arrays._replace(
+            train_x=apply_adaptor(model, arrays.train_x), test_x=apply_adaptor(model, arrays.test_x)
+        )
     if args.save_embeddings:
         args.save_embeddings.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.save_embeddings, **arrays._asdict())
     rows = evaluate_embeddings(arrays, dims, args.k, args.map_k, threads=args.threads)
     n = {"n_train": len(arrays.train_x), "n_test": len(arrays.test_x)}
     rotation = "none" if args.rotation == "auto" else args.rotation
-    result = {**source, "rotation": rotation, **n, "metrics": rows}
+    posthoc = {"posthoc": "adaptor"} if args.adaptor else {}
+    result = {**source, "rotation": rotation, **posthoc, **n, "metrics": rows}
     if not args.no_dtypes:
         result |= dtype_rows(arrays, dims, calibration, args.k, args.map_k)
     args.output.parent.mkdir(parents=True, exist_ok=True)
