@@ -120,9 +120,8 @@ def rotate_checkpoint(path: Path, output: Path | None = None, device: str = "aut
     dev = pick_device(device)
     encoder = load_encoder(ckpt, dev)
     encoder.rotation = None  # fit on the trained coordinates, replacing any earlier rotation
-    x = train_sample(encoder, cfg, dev)
-    rotation = torch.from_numpy(pca_rotation(x))
-    calibration = fit_calibration(x @ rotation.numpy(), list(cfg.nesting_list))
+    # what training with --rotation pca would have fitted at its end, rotation and int8 grid
+    rotation, calibration = fit_served(encoder, cfg.model_copy(update={"rotation": "pca"}), dev)
     out = Path(output or path)
     train = {**ckpt.train, "rotation": "pca"}
     save_checkpoint(replace(ckpt, rotation=rotation, calibration=calibration, train=train), out)
