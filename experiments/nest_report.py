@@ -94,7 +94,11 @@ def summarize_dataset(files: list[Path]) -> tuple[dict, list[str]]:
                             "source": str(path)}  # fmt: skip
                     r = ref.get(dim, {}).get(key, {})
                     common = [s for s in seeds if s in r]
-                    if r is not vals and len(common) >= 2:
+                    if r is not vals and len(common) == 1:  # one seed: no interval
+                        d = vals[common[0]] - r[common[0]]
+                        cell["minus_pca"] = {"points": 100 * d, "half_width": None,
+                                             "seeds": common}  # fmt: skip
+                    elif r is not vals and len(common) >= 2:
                         x, y = [vals[s] for s in common], [r[s] for s in common]
                         d, half = paired_difference(x, y)
                         cell["minus_pca"] = {"points": 100 * d, "half_width": 100 * half,
@@ -113,7 +117,8 @@ def _diff(cell: dict) -> str:
     d = cell.get("minus_pca")
     if d is None:
         return "-"
-    return f"{d['points']:+.1f} ±{d['half_width']:.1f} ({len(d['seeds'])})"
+    half = "n/a" if d["half_width"] is None else f"{d['half_width']:.1f}"
+    return f"{d['points']:+.1f} ±{half} ({len(d['seeds'])})"
 
 
 def _rank(label: str) -> tuple[int, str]:
@@ -152,6 +157,10 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _pm(d: dict) -> str:
+    return "(1 seed)" if d["half_width"] is None else f"±{d['half_width']:.1f}"
+
+
 def compact(summary: dict) -> str:
     """One table over datasets: each variant minus (b) at 8, 16, 32 and the full dim, kNN top-1 /
     mAP@10 points with the 90% paired interval, and (b)'s own score for scale."""
@@ -177,8 +186,7 @@ def compact(summary: dict) -> str:
                     cells.append(
                         "-"
                         if k is None
-                        else f"{k['points']:+.1f} ±{k['half_width']:.1f} / "
-                        f"{m['points']:+.1f} ±{m['half_width']:.1f}"
+                        else f"{k['points']:+.1f} {_pm(k)} / {m['points']:+.1f} {_pm(m)}"
                     )
             n = max(len(r["knn_top1"]["seeds"]) for r in var[name])
             label = LABELS[base] + (f" [{tag}" if tag else "")
@@ -220,8 +228,9 @@ def plot(points: list[dict], path: Path) -> None:
             (p for p in points if p["variant"] == name), key=lambda p: p["pca_full_dim_knn"]
         )
         x = [100 * p["pca_full_dim_knn"] + 0.25 * (i - len(names) / 2) for p in ps]
-        ax.errorbar(x, [p["points"] for p in ps], yerr=[p["half_width"] for p in ps], marker="o",
-                    capsize=3, label=LABELS[name])  # fmt: skip
+        err = [p["half_width"] or 0 for p in ps]
+        ax.errorbar(x, [p["points"] for p in ps], yerr=err, marker="o", capsize=3,
+                    label=LABELS[name])  # fmt: skip
     for p in points:
         if p["variant"] == names[0]:
             ax.annotate(p["dataset"], (100 * p["pca_full_dim_knn"], 0), textcoords="offset points",
