@@ -202,6 +202,7 @@ ablate: $(STAMP) ## GRID=grids/x.toml variants x SEEDS=0,1,2, parallel + resumab
 COMPARE_DIR ?= runs/compare
 compare: $(STAMP) ## Matryoshka vs truncated baseline vs FF-8/FF-32 vs random init (grids/compare.toml)
 	$(PY) -m experiments.ablate grids/compare.toml $(ABLATE_FLAGS) --out $(COMPARE_DIR)
+	$(PY) -m experiments.dtype_report grids/compare.toml --runs $(COMPARE_DIR) --out $(COMPARE_DIR)/dtypes
 
 # Serving (docs/SERVING.md): index the training split once, then serve on 127.0.0.1:8000.
 INDEX ?= $(OUTPUT)/index
