@@ -6,7 +6,8 @@ Folder layout (one generation is current; manifest.json names its files):
                        (read with pread, index.rowfile; index.vectors searches it at any dim)
   ann-<g>.faiss        optional ANN index over the normalised shortlist-dim prefix
                        (manifest "ann": factory, dim, train_size; index.ann)
-  items-<g>.jsonl      one {"id", "label", "metadata"} per row
+  items-<g>.jsonl      one {"id", "label", "metadata"} per row; read once at open into columns
+                       (index.items: line offsets, ids, payload), an item by pread of its line
   wal-<g>.jsonl        mutations since generation g (index.wal), replayed on open; the
                        manifest counts the records it must hold (index.folder)
   thumbnails.*         item thumbnails across generations: an added item carries its own
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Iterable
@@ -35,6 +37,7 @@ from index.calibration import load as load_calibration
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
+from index.items import read_items
 from index.payload import PayloadIndex
 from index.plan import SearchPlan
 from index.planner import Route
@@ -269,10 +272,8 @@ class IndexStore:
         base = RowFile(self.directory / manifest["vectors"])
         if base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
             raise ValueError(f"vectors file has shape {base.shape} and dtype {base.dtype}")
-        with open(self.directory / manifest["items"]) as f:
-            items = [json.loads(line) for line in f]
-        if len(items) != len(base):
-            raise ValueError(f"{len(items)} items for {len(base)} vectors")
+        payload = PayloadIndex()
+        items, row_of = read_items(self.directory / manifest["items"], len(base), payload)
         ann = None
         spec = manifest.get("ann")
         if spec is not None:
@@ -286,9 +287,9 @@ class IndexStore:
             flat_cache_bytes=self.options.flat_cache_bytes,
             ann_min_rows=self.options.ann_min_rows,
         )
-        self.items: list[dict[str, Any] | None] = items
-        self.row_of = {item["id"]: r for r, item in enumerate(items)}
-        self.payload = PayloadIndex(items)
+        self.items = items
+        self.row_of = row_of
+        self.payload = payload
         self.calibration = load_calibration(self.directory, manifest)
 
     def __len__(self) -> int:
@@ -377,16 +378,16 @@ class IndexStore:
 
     def _apply_add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
         ids = self.vectors.add(vectors)
+        self.items.append(items)
         for r, item in zip(ids.tolist(), items, strict=True):
-            self.items.append(item)
-            self.row_of[item["id"]] = r
+            self.row_of.add(item["id"], r)
         self.payload.add(items)
 
     def _apply_delete(self, item_id: str) -> None:
         row = self.row_of.pop(item_id, None)
         if row is None:
             return
-        self.items[row] = None
+        self.items.delete(row)
         self.vectors.delete(row)
 
     def compact(self) -> None:
@@ -394,7 +395,7 @@ class IndexStore:
         with self.lock:
             if self._wal is None:
                 raise RuntimeError("this index store was opened read-only")
-            live = np.array(sorted(self.row_of.values()), dtype=np.int64)
+            live = self.row_of.rows()
             old = self.manifest
             gen = int(old["generation"]) + 1
             info = {
@@ -468,6 +469,13 @@ class IndexStore:
         item = self.items[row]
         assert item is not None
         return item
+
+    def sample(self, n: int) -> list[dict[str, Any]]:
+        """Up to n live items drawn at random (without listing every id)."""
+        with self.lock:
+            rows = self.row_of.rows()
+            picks = random.sample(range(len(rows)), min(n, len(rows)))
+            return [self.item(int(rows[i])) for i in picks]
 
     def vector(self, item_id: str) -> np.ndarray | None:
         with self.lock:
