@@ -19,13 +19,15 @@ manifest.json atomically (the commit point).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,19 +72,36 @@ def write_generation(
     vector_chunks: Iterable[np.ndarray],
     items: Iterable[dict[str, Any]],
     info: dict[str, Any],
+    trained_ann: AnnIndex | None = None,
 ) -> None:
     """Write one generation's files, fsync them, then publish it through manifest.json.
 
     `info["store_dtype"]` (default float32) is the vectors file's dtype; `info["ann"]`
-    ({"factory", "dim", "train_size"}), when set, builds that ANN over the written rows.
+    ({"factory", "dim", "train_size"}), when set, builds that ANN over the written rows:
+    read back from the file, or, given `trained_ann` (an empty index of that factory and dim,
+    trained on a sample), filled chunk by chunk as the rows are written (one pass over the
+    rows: what a build too big for the page cache needs).
     """
     directory.mkdir(parents=True, exist_ok=True)
     vec_name, items_name = f"vectors-{generation}.npy", f"items-{generation}.jsonl"
     dtype = info.get("store_dtype", "float32")
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
+    ann = info.get("ann")
+    streamed = trained_ann is not None and ann is not None
+    if streamed:
+        assert trained_ann is not None and trained_ann.ntotal == 0
+        if (trained_ann.factory, trained_ann.dim) != (ann["factory"], int(ann["dim"])):
+            raise ValueError(f"the trained ANN is not the {ann['factory']} @ {ann['dim']} asked")
     try:
-        write_vectors(directory / vec_name, dtype, count, width, vector_chunks)
+        vectors_crc = write_vectors(
+            directory / vec_name,
+            dtype,
+            count,
+            width,
+            vector_chunks,
+            on_block=(lambda b: trained_ann.add(b[:, : trained_ann.dim])) if streamed else None,
+        )
     except ValueError:
         (directory / vec_name).unlink(missing_ok=True)  # never left for a later start
         raise
@@ -95,11 +114,13 @@ def write_generation(
         os.fsync(f.fileno())
     with open(directory / f"wal-{generation}.jsonl", "wb") as f:
         os.fsync(f.fileno())
-    ann = info.get("ann")
     if ann is not None:
         ann = {**ann, "file": f"ann-{generation}.faiss"}
-        rows = Rows(RowFile(directory / vec_name), width)  # pread: nothing stays mapped
-        index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
+        if streamed:
+            index = trained_ann
+        else:
+            rows = Rows(RowFile(directory / vec_name), width)  # pread: nothing stays mapped
+            index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
         index.save(directory / ann["file"])
     manifest = {
         **info,
@@ -114,17 +135,24 @@ def write_generation(
         "wal": f"wal-{generation}.jsonl",
         "wal_records": 0,
     }
-    manifest["checksums"] = checksums(directory, manifest)
+    manifest["checksums"] = checksums(directory, manifest, known={vec_name: vectors_crc})
     publish_manifest(directory, manifest)
 
 
 def write_vectors(
-    path: Path, dtype: str, count: int, width: int, chunks: Iterable[np.ndarray]
-) -> None:
+    path: Path,
+    dtype: str,
+    count: int,
+    width: int,
+    chunks: Iterable[np.ndarray],
+    on_block: Callable[[np.ndarray], None] | None = None,
+) -> str:
     """The [count, width] vectors file, written chunk by chunk with plain writes (a memory map
     would keep every written page in the builder's resident set: memory growing with the item
     count), refusing NaN/inf (also from a float16 overflow): a generation holding one would
-    be refused at every start, so it is never written."""
+    be refused at every start, so it is never written. Each block goes, as stored (float32),
+    to `on_block`; returns the file's checksum, computed as it is written (index.integrity),
+    so a file larger than the page cache is not read back for it."""
     header = {
         "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
         "fortran_order": False,
@@ -132,7 +160,10 @@ def write_vectors(
     }
     row = 0
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, header)
+        f.write(head.getvalue())
+        crc = zlib.crc32(head.getvalue())
         for chunk in chunks:
             with np.errstate(over="ignore"):
                 block = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1, width)
@@ -144,10 +175,15 @@ def write_vectors(
                 )
             if row + len(block) > count:
                 raise ValueError(f"more than the {count} vectors announced")
-            f.write(block.tobytes())
+            data = block.tobytes()
+            f.write(data)
+            crc = zlib.crc32(data, crc)
             row += len(block)
+            if on_block is not None:
+                on_block(block.astype(np.float32))
     if row != count:
         raise ValueError(f"wrote {row} vectors, expected {count}")
+    return f"crc32:{crc:08x}"
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
