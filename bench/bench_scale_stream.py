@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from common import write_result
 
 K = 10
 CHUNK = 65536
+BLOCK = 16384
 PER_CLUSTER = 50
 ALPHA, NOISE = 0.75, 0.8
 FP = "synthetic-stream"
@@ -47,10 +49,19 @@ def centres_of(seed: int, chunk: int, width: int) -> np.ndarray:
     return rng.standard_normal((CHUNK // PER_CLUSTER, width), dtype=np.float32)
 
 
-def chunk_rows(seed: int, chunk: int, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def chunk_rows(seed: int, chunk: int, rows: int, width: int) -> Iterator[np.ndarray]:
+    """The chunk's rows in blocks of BLOCK: the same numbers as synthetic_rows draws for the
+    whole chunk (labels first, then the noise in order), with a quarter of its temporaries."""
     rng = np.random.default_rng([seed, chunk])
     centres = rng.standard_normal((CHUNK // PER_CLUSTER, width), dtype=np.float32)
-    return synthetic_rows(rng, centres, rows, ALPHA, NOISE)
+    labels = rng.integers(0, len(centres), rows)
+    scale = (1.0 + np.arange(width, dtype=np.float32)) ** -ALPHA
+    for lo in range(0, rows, BLOCK):
+        part = labels[lo : lo + BLOCK]
+        x = centres[part]
+        x += NOISE * rng.standard_normal((len(part), width), dtype=np.float32)
+        x *= scale
+        yield x
 
 
 def draws(
@@ -103,7 +114,7 @@ def build(a) -> dict:
 
     def chunks():
         for c, lo in enumerate(range(0, a.n, CHUNK)):
-            yield chunk_rows(a.seed, c, min(CHUNK, a.n - lo), a.width)[0]
+            yield from chunk_rows(a.seed, c, min(CHUNK, a.n - lo), a.width)
 
     def items():
         rng = np.random.default_rng([a.seed, 7])

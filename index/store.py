@@ -101,7 +101,9 @@ def write_generation(
             count,
             width,
             vector_chunks,
-            on_block=(lambda b: trained_ann.add(b[:, : trained_ann.dim])) if streamed else None,
+            on_block=(lambda b: trained_ann.add(b[:, : trained_ann.dim].astype(np.float32)))
+            if streamed
+            else None,
         )
     except ValueError:
         (directory / vec_name).unlink(missing_ok=True)  # never left for a later start
@@ -151,7 +153,7 @@ def write_vectors(
     """The [count, width] vectors file, written chunk by chunk with plain writes (a memory map
     would keep every written page in the builder's resident set: memory growing with the item
     count), refusing NaN/inf (also from a float16 overflow): a generation holding one would
-    be refused at every start, so it is never written. Each block goes, as stored (float32),
+    be refused at every start, so it is never written. Each block goes, as stored,
     to `on_block`; returns the file's checksum, computed as it is written (index.integrity),
     so a file larger than the page cache is not read back for it."""
     header = {
@@ -180,7 +182,7 @@ def write_vectors(
             crc = zlib.crc32(data, crc)
             row += len(block)
             if on_block is not None:
-                on_block(block.astype(np.float32))
+                on_block(block)
     if row != count:
         raise ValueError(f"wrote {row} vectors, expected {count}")
     return f"crc32:{crc:08x}"
