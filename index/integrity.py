@@ -35,8 +35,14 @@ def generation_files(manifest: dict[str, Any]) -> list[str]:
     return files
 
 
-def checksums(directory: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    return {name: crc32_of(directory / name) for name in generation_files(manifest)}
+def checksums(
+    directory: Path, manifest: dict[str, Any], known: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Per generation file, its checksum: `known` ones (computed as they were written) as given."""
+    known = known or {}
+    return {
+        name: known.get(name) or crc32_of(directory / name) for name in generation_files(manifest)
+    }
 
 
 def nonfinite_rows(x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ Folder layout (one generation is current; manifest.json names its files):
                        (read with pread, index.rowfile; index.vectors searches it at any dim)
   ann-<g>.faiss        optional ANN index over the normalised shortlist-dim prefix
                        (manifest "ann": factory, dim, train_size; index.ann)
-  items-<g>.jsonl      one {"id", "label", "metadata"} per row
+  items-<g>.jsonl      one {"id", "label", "metadata"} per row; read once at open into columns
+                       (index.items: line offsets, ids, payload), an item by pread of its line
   wal-<g>.jsonl        mutations since generation g (index.wal), replayed on open; the
                        manifest counts the records it must hold (index.folder)
   thumbnails.*         item thumbnails across generations: an added item carries its own
@@ -18,12 +19,15 @@ manifest.json atomically (the commit point).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import random
 import threading
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +39,7 @@ from index.calibration import load as load_calibration
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
 from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
+from index.items import read_items
 from index.payload import PayloadIndex
 from index.plan import SearchPlan
 from index.planner import Route
@@ -46,6 +51,7 @@ from index.wal import WriteAheadLog, decode_vectors, encode_vectors, read_record
 FORMAT = "moco-matryoshka-index/1"
 CHUNK = 65536
 STORE_DTYPES = ("float32", "float16")
+PAGE = 4096
 log = logging.getLogger("index.store")
 
 
@@ -67,19 +73,38 @@ def write_generation(
     vector_chunks: Iterable[np.ndarray],
     items: Iterable[dict[str, Any]],
     info: dict[str, Any],
+    trained_ann: AnnIndex | None = None,
 ) -> None:
     """Write one generation's files, fsync them, then publish it through manifest.json.
 
     `info["store_dtype"]` (default float32) is the vectors file's dtype; `info["ann"]`
-    ({"factory", "dim", "train_size"}), when set, builds that ANN over the written rows.
+    ({"factory", "dim", "train_size"}), when set, builds that ANN over the written rows:
+    read back from the file, or, given `trained_ann` (an empty index of that factory and dim,
+    trained on a sample), filled chunk by chunk as the rows are written (one pass over the
+    rows: what a build too big for the page cache needs).
     """
     directory.mkdir(parents=True, exist_ok=True)
     vec_name, items_name = f"vectors-{generation}.npy", f"items-{generation}.jsonl"
     dtype = info.get("store_dtype", "float32")
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
+    ann = info.get("ann")
+    streamed = trained_ann is not None and ann is not None
+    if streamed:
+        assert trained_ann is not None and trained_ann.ntotal == 0
+        if (trained_ann.factory, trained_ann.dim) != (ann["factory"], int(ann["dim"])):
+            raise ValueError(f"the trained ANN is not the {ann['factory']} @ {ann['dim']} asked")
     try:
-        write_vectors(directory / vec_name, dtype, count, width, vector_chunks)
+        vectors_crc = write_vectors(
+            directory / vec_name,
+            dtype,
+            count,
+            width,
+            vector_chunks,
+            on_block=(lambda b: trained_ann.add(b[:, : trained_ann.dim].astype(np.float32)))
+            if streamed
+            else None,
+        )
     except ValueError:
         (directory / vec_name).unlink(missing_ok=True)  # never left for a later start
         raise
@@ -92,11 +117,13 @@ def write_generation(
         os.fsync(f.fileno())
     with open(directory / f"wal-{generation}.jsonl", "wb") as f:
         os.fsync(f.fileno())
-    ann = info.get("ann")
     if ann is not None:
         ann = {**ann, "file": f"ann-{generation}.faiss"}
-        rows = Rows(RowFile(directory / vec_name), width)  # pread: nothing stays mapped
-        index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
+        if streamed:
+            index = trained_ann
+        else:
+            rows = Rows(RowFile(directory / vec_name), width)  # pread: nothing stays mapped
+            index = build_ann(ann["factory"], int(ann["dim"]), rows, train_size=ann["train_size"])
         index.save(directory / ann["file"])
     manifest = {
         **info,
@@ -111,17 +138,24 @@ def write_generation(
         "wal": f"wal-{generation}.jsonl",
         "wal_records": 0,
     }
-    manifest["checksums"] = checksums(directory, manifest)
+    manifest["checksums"] = checksums(directory, manifest, known={vec_name: vectors_crc})
     publish_manifest(directory, manifest)
 
 
 def write_vectors(
-    path: Path, dtype: str, count: int, width: int, chunks: Iterable[np.ndarray]
-) -> None:
+    path: Path,
+    dtype: str,
+    count: int,
+    width: int,
+    chunks: Iterable[np.ndarray],
+    on_block: Callable[[np.ndarray], None] | None = None,
+) -> str:
     """The [count, width] vectors file, written chunk by chunk with plain writes (a memory map
     would keep every written page in the builder's resident set: memory growing with the item
     count), refusing NaN/inf (also from a float16 overflow): a generation holding one would
-    be refused at every start, so it is never written."""
+    be refused at every start, so it is never written. Each block goes, as stored,
+    to `on_block`; returns the file's checksum, computed as it is written (index.integrity),
+    so a file larger than the page cache is not read back for it."""
     header = {
         "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
         "fortran_order": False,
@@ -129,7 +163,9 @@ def write_vectors(
     }
     row = 0
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
+        head = page_aligned_header(header)
+        f.write(head)
+        crc = zlib.crc32(head)
         for chunk in chunks:
             with np.errstate(over="ignore"):
                 block = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1, width)
@@ -141,10 +177,27 @@ def write_vectors(
                 )
             if row + len(block) > count:
                 raise ValueError(f"more than the {count} vectors announced")
-            f.write(block.tobytes())
+            data = block.tobytes()
+            f.write(data)
+            crc = zlib.crc32(data, crc)
             row += len(block)
+            if on_block is not None:
+                on_block(block)
     if row != count:
         raise ValueError(f"wrote {row} vectors, expected {count}")
+    return f"crc32:{crc:08x}"
+
+
+def page_aligned_header(header: dict[str, Any]) -> bytes:
+    """A .npy 1.0 header padded with spaces to 4 KiB (numpy and index.rowfile read it as any
+    other), so a row of 4 KiB (2048 float16) sits in one page: a rerank read from disk then
+    costs one page per row, not two."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    head = buf.getvalue()
+    pad = -len(head) % PAGE
+    length = int.from_bytes(head[8:10], "little") + pad
+    return head[:8] + length.to_bytes(2, "little") + head[10:-1] + b" " * pad + b"\n"
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -269,10 +322,8 @@ class IndexStore:
         base = RowFile(self.directory / manifest["vectors"])
         if base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
             raise ValueError(f"vectors file has shape {base.shape} and dtype {base.dtype}")
-        with open(self.directory / manifest["items"]) as f:
-            items = [json.loads(line) for line in f]
-        if len(items) != len(base):
-            raise ValueError(f"{len(items)} items for {len(base)} vectors")
+        payload = PayloadIndex()
+        items, row_of = read_items(self.directory / manifest["items"], len(base), payload)
         ann = None
         spec = manifest.get("ann")
         if spec is not None:
@@ -286,9 +337,9 @@ class IndexStore:
             flat_cache_bytes=self.options.flat_cache_bytes,
             ann_min_rows=self.options.ann_min_rows,
         )
-        self.items: list[dict[str, Any] | None] = items
-        self.row_of = {item["id"]: r for r, item in enumerate(items)}
-        self.payload = PayloadIndex(items)
+        self.items = items
+        self.row_of = row_of
+        self.payload = payload
         self.calibration = load_calibration(self.directory, manifest)
 
     def __len__(self) -> int:
@@ -377,16 +428,16 @@ class IndexStore:
 
     def _apply_add(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
         ids = self.vectors.add(vectors)
+        self.items.append(items)
         for r, item in zip(ids.tolist(), items, strict=True):
-            self.items.append(item)
-            self.row_of[item["id"]] = r
+            self.row_of.add(item["id"], r)
         self.payload.add(items)
 
     def _apply_delete(self, item_id: str) -> None:
         row = self.row_of.pop(item_id, None)
         if row is None:
             return
-        self.items[row] = None
+        self.items.delete(row)
         self.vectors.delete(row)
 
     def compact(self) -> None:
@@ -394,7 +445,7 @@ class IndexStore:
         with self.lock:
             if self._wal is None:
                 raise RuntimeError("this index store was opened read-only")
-            live = np.array(sorted(self.row_of.values()), dtype=np.int64)
+            live = self.row_of.rows()
             old = self.manifest
             gen = int(old["generation"]) + 1
             info = {
@@ -468,6 +519,13 @@ class IndexStore:
         item = self.items[row]
         assert item is not None
         return item
+
+    def sample(self, n: int) -> list[dict[str, Any]]:
+        """Up to n live items drawn at random (without listing every id)."""
+        with self.lock:
+            rows = self.row_of.rows()
+            picks = random.sample(range(len(rows)), min(n, len(rows)))
+            return [self.item(int(rows[i])) for i in picks]
 
     def vector(self, item_id: str) -> np.ndarray | None:
         with self.lock:

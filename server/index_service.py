@@ -3,7 +3,6 @@ loop, reloaded on read replicas; its errors become HTTP answers in server.app.""
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -316,9 +315,7 @@ class IndexService:
 
     def sample_items(self, n: int) -> ItemSample:
         store = self.require_index()
-        with store.lock:
-            ids = random.sample(list(store.row_of), min(n, len(store)))
-            return ItemSample(items=[ItemInfo.of(store.item(store.row_of[i])) for i in ids])
+        return ItemSample(items=[ItemInfo.of(item) for item in store.sample(n)])
 
     def item_info(self, item_id: str) -> ItemInfo:
         """The live item with its raw full-dim vector."""
