@@ -51,5 +51,5 @@ def test_paired_cost_over_finished_seeds(tmp_path):
 
 def test_refuses_a_grid_with_no_scored_runs(tmp_path):
     grid = write_grid(tmp_path)
-    with pytest.raises(SystemExit, match="no run of .* has output-type rows"):
+    with pytest.raises(SystemExit, match=r"no run of .* has output-type rows"):
         dtype_report.main([str(grid), "--out", str(tmp_path / "out")])
