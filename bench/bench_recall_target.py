@@ -19,23 +19,13 @@ from pathlib import Path
 
 import numpy as np
 from bench_search import recall
-from common import write_result
+from common import memory, write_result
 
 from index.calibration import K
 from index.search import scan_top_k, set_threads
 from index.store import IndexStore, read_manifest
 
 TARGETS = (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
-
-
-def memory() -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon, RssFile of this process, in kB (/proc/self/status)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key + "_kb"] = int(value.split()[0])
-    return out
 
 
 def main() -> None:

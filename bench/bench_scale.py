@@ -41,7 +41,7 @@ def build(a) -> dict:
 
 
 def serve(a) -> dict:
-    from bench_recall_target import memory
+    from common import memory
 
     from index.plan import SearchKnobs, SearchPlan
     from index.search import scan_top_k, set_threads

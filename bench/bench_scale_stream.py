@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_search import synthetic_rows
-from common import write_result
+from common import memory, write_result
 
 K = 10
 CHUNK = 65536
@@ -78,15 +78,6 @@ def draws(
         x, _ = synthetic_rows(rng, centres_of(seed, int(c), width), per, ALPHA, NOISE)
         out.append(np.ascontiguousarray(x[:, :cols]))
     return np.concatenate(out)[:count]
-
-
-def memory() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key + "_kb"] = int(value.split()[0])
-    return out
 
 
 def read_bytes() -> int:

@@ -23,3 +23,13 @@ def write_result(path: Path, result: dict) -> None:
     """The JSON behind a figure, written whole (a partial run rewrites it as it goes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def memory() -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of this process, in kB (/proc/self/status)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key + "_kb"] = int(value.split()[0])
+    return out
