@@ -100,7 +100,8 @@ def plot(summary: dict, path: Path) -> None:
 
     variants = summary["variants"]
     fig, axes = plt.subplots(1, len(variants), figsize=(3.2 * len(variants), 3.2), sharey=True)
-    for ax, v in zip(list(getattr(axes, "flat", [axes])), variants, strict=True):
+    panels = list(getattr(axes, "flat", [axes]))
+    for ax, v in zip(panels, variants, strict=True):
         for dtype in ("float", "int8", "binary", "binary+rerank"):
             cells = sorted((c for c in v["cells"] if c["dtype"] == dtype), key=lambda c: c["dim"])
             if cells:
@@ -110,9 +111,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_title(v["name"], fontsize=9)
         ax.set_xlabel("bytes per vector")
         ax.grid(alpha=0.3)
-    axes_list = list(getattr(axes, "flat", [axes]))
-    axes_list[0].set_ylabel("mAP@10")
-    axes_list[0].legend(fontsize=7)
+    panels[0].set_ylabel("mAP@10")
+    panels[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -19,10 +19,14 @@ HASH_BITS = 64
 T = TypeVar("T")
 
 
+def id_hash(item_id: str, bits: int = HASH_BITS) -> int:
+    """The id's hash kept to its low `bits` (fewer bits, more collisions)."""
+    return hash(item_id) & ((1 << bits) - 1)
+
+
 def id_hashes(ids: Iterable[str], count: int, bits: int = HASH_BITS) -> np.ndarray:
-    """uint64[count]: each id's hash kept to its low `bits` (fewer bits, more collisions)."""
-    mask = (1 << bits) - 1
-    return np.fromiter((hash(i) & mask for i in ids), np.uint64, count)
+    """uint64[count]: id_hash of each id."""
+    return np.fromiter((id_hash(i, bits) for i in ids), np.uint64, count)
 
 
 class IdColumn:
@@ -48,7 +52,8 @@ class IdColumn:
 
 class IdMap(Mapping[str, int]):
     """The live ids and their rows: the generation's (column + sorted hashes, minus deleted
-    rows) and those added since (a dict). Iterates in row order, the added ones last."""
+    rows) and those added since (a dict). Iterates in row order, the added ones last.
+    `dead` marks the generation's deleted rows (index.items' table reads the same array)."""
 
     def __init__(self, column: IdColumn, hashes: np.ndarray, bits: int = HASH_BITS):
         if len(hashes) != len(column):
@@ -58,7 +63,7 @@ class IdMap(Mapping[str, int]):
         order = np.argsort(hashes, kind="stable")
         self._keys = hashes[order]
         self._rows = order.astype(np.int32 if len(column) < 2**31 else np.int64)
-        self._dead = np.zeros(len(column), bool)
+        self.dead = np.zeros(len(column), bool)
         self._n_dead = 0
         self._added: dict[str, int] = {}
 
@@ -67,11 +72,11 @@ class IdMap(Mapping[str, int]):
         return cls(IdColumn.of(ids), id_hashes(ids, len(ids), bits), bits)
 
     def _base_row(self, item_id: str) -> int | None:
-        key = np.uint64(hash(item_id) & ((1 << self.bits) - 1))
+        key = np.uint64(id_hash(item_id, self.bits))
         i = int(np.searchsorted(self._keys, key))
         while i < len(self._keys) and self._keys[i] == key:
             row = int(self._rows[i])
-            if not self._dead[row] and self.column[row] == item_id:
+            if not self.dead[row] and self.column[row] == item_id:
                 return row
             i += 1
         return None
@@ -95,14 +100,14 @@ class IdMap(Mapping[str, int]):
         return len(self.column) - self._n_dead + len(self._added)
 
     def __iter__(self) -> Iterator[str]:
-        for row in np.flatnonzero(~self._dead).tolist():
+        for row in np.flatnonzero(~self.dead).tolist():
             yield self.column[row]
         yield from list(self._added)
 
     def rows(self) -> np.ndarray:
         """int64: every live row, ascending."""
         added = np.fromiter(self._added.values(), np.int64, len(self._added))
-        return np.sort(np.concatenate([np.flatnonzero(~self._dead), added]))
+        return np.sort(np.concatenate([np.flatnonzero(~self.dead), added]))
 
     def values(self) -> list[int]:  # type: ignore[override]
         return self.rows().tolist()
@@ -118,6 +123,6 @@ class IdMap(Mapping[str, int]):
         row = self._base_row(item_id)
         if row is None:
             return default
-        self._dead[row] = True
+        self.dead[row] = True
         self._n_dead += 1
         return row

@@ -28,12 +28,12 @@ CHUNK = 65536
 class ItemTable:
     """Rows 0..n-1: the generation's lines (read with pread) then the rows added since."""
 
-    def __init__(self, path: Path, line_offsets: np.ndarray):
+    def __init__(self, path: Path, line_offsets: np.ndarray, dead: np.ndarray):
         self.path = Path(path)
         self.line_offsets = line_offsets  # int64[n + 1]: line r is bytes [o[r], o[r + 1])
         self.base = len(line_offsets) - 1
         self.added: list[dict[str, Any] | None] = []
-        self.dead = np.zeros(self.base, bool)
+        self.dead = dead  # bool[n], shared with the ids' IdMap: one mark per deleted row
         self._fd = os.open(path, os.O_RDONLY)
         weakref.finalize(self, os.close, self._fd)
 
@@ -100,4 +100,4 @@ def read_items(
     if row != count:
         raise ValueError(f"{row} items for {count} vectors")
     ids = IdMap(IdColumn(b"".join(blobs), id_offsets), hashes, bits)
-    return ItemTable(path, line_offsets), ids
+    return ItemTable(path, line_offsets, ids.dead), ids
