@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,38 @@ from index.search import scan_top_k, set_threads
 from index.store import IndexStore, read_manifest
 
 TARGETS = (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+def score_targets(store, q, truth, targets, timed: int) -> Iterator[dict]:
+    """Per target: the setting a `recall_target` request gets, its recall@K on `q` against
+    `truth` (exact full-dim ids) and ms per query at batch 1 over the first `timed` queries."""
+    table = store.calibration
+    for target in targets:
+        setting = table.pick(target)
+        plan = setting.plan(K)
+        exact = setting.rerank_dim is None and setting.dim == store.width
+        if exact:  # the truth is this very search (a full scan per batch): reuse it
+            found = truth
+        else:
+            found = np.concatenate(
+                [store.search(q[i : i + 100], plan).rows for i in range(0, len(q), 100)]
+            )
+        sample = q[: 5 if exact else timed]
+        store.search(sample[:1], plan)
+        t0 = time.perf_counter()
+        for i in range(len(sample)):
+            store.search(sample[i : i + 1], plan)
+        yield {
+            "asked": target,
+            "calibrated_recall": setting.recall,
+            "calibrated_recall_low": setting.recall_low,
+            "achieved_recall": recall(found, truth),
+            "ms_b1": 1000 * (time.perf_counter() - t0) / len(sample),
+            "timed_queries": len(sample),
+            "calibrated_ms": setting.ms,
+            "setting": setting.model_dump(exclude={"recall", "recall_low", "ms"}),
+            "loadavg": list(os.getloadavg()),
+        }
 
 
 def main() -> None:
@@ -70,33 +103,7 @@ def main() -> None:
         "loadavg_start": list(os.getloadavg()),
         "targets": [],
     }
-    for target in TARGETS:
-        setting = table.pick(target)
-        plan = setting.plan(K)
-        exact = setting.rerank_dim is None and setting.dim == store.width
-        if exact:  # the truth is this very search (a full scan per batch): reuse it
-            found = truth
-        else:
-            found = np.concatenate(
-                [store.search(q[i : i + 100], plan).rows for i in range(0, len(q), 100)]
-            )
-        timed = q[: 5 if exact else a.timed]
-        store.search(timed[:1], plan)
-        t0 = time.perf_counter()
-        for i in range(len(timed)):
-            store.search(timed[i : i + 1], plan)
-        ms = 1000 * (time.perf_counter() - t0) / len(timed)
-        row = {
-            "asked": target,
-            "calibrated_recall": setting.recall,
-            "calibrated_recall_low": setting.recall_low,
-            "achieved_recall": recall(found, truth),
-            "ms_b1": ms,
-            "timed_queries": len(timed),
-            "calibrated_ms": setting.ms,
-            "setting": setting.model_dump(exclude={"recall", "recall_low", "ms"}),
-            "loadavg": list(os.getloadavg()),
-        }
+    for row in score_targets(store, q, truth, TARGETS, a.timed):
         print(row, flush=True)
         result["targets"].append(row)
         write_result(a.out, result)

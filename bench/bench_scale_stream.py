@@ -39,9 +39,10 @@ CHUNK = 65536
 BLOCK = 16384
 PER_CLUSTER = 50
 ALPHA, NOISE = 0.75, 0.8
-FP = "synthetic-stream"
 PICK_QUERIES = 200
 TRAIN = 200_000  # FAISS asks for >= 39 per centroid: 159,744 for 4,096 lists
+TARGETS = (0.9, 0.95, 0.98, 0.99)  # above the rule of three's 0.9985 a pick is exact (a 41 GB scan)
+JSON = {"Content-Type": "application/json"}
 
 
 def centres_of(seed: int, chunk: int, width: int) -> np.ndarray:
@@ -98,6 +99,7 @@ def build(a) -> dict:
 
     set_threads(1)
     start = time.perf_counter()
+    fingerprint, nesting = model_of(a)
     ann = AnnIndex.create(a.factory, a.dim)
     ann.train(draws(a.seed, 0, a.n, TRAIN, a.width, 64, a.dim))
     trained_s = time.perf_counter() - start
@@ -120,9 +122,9 @@ def build(a) -> dict:
                 }
 
     info = {
-        "checkpoint": "synthetic",
-        "fingerprint": FP,
-        "nesting_list": [16, 32, 64, 128, 256, 512, 1024, 2048][: int(np.log2(a.width)) - 3],
+        "checkpoint": str(checkpoint_of(a)),
+        "fingerprint": fingerprint,
+        "nesting_list": nesting,
         "store_dtype": "float16",
         "ann": {"factory": a.factory, "dim": a.dim, "train_size": TRAIN},
     }
@@ -137,6 +139,26 @@ def build(a) -> dict:
         "files": files,
         "loadavg_end": list(os.getloadavg()),
     }
+
+
+def checkpoint_of(a) -> Path:
+    return a.work_dir / "resnet50.pt"
+
+
+def model_of(a) -> tuple[str, list[int]]:
+    """A ResNet-50 checkpoint with random weights (2048 dims): the vectors are synthetic, but
+    the folder names a real model, so `python -m server` can open it (the `http` stage)."""
+    from bench_server import random_checkpoint
+
+    from core.checkpoint import load_checkpoint
+
+    path = checkpoint_of(a)
+    if not path.exists():
+        path = random_checkpoint("resnet50", a.work_dir)
+    ckpt = load_checkpoint(path)
+    if ckpt.model.full_dim != a.width:
+        raise SystemExit(f"{path} embeds at {ckpt.model.full_dim}, not --width {a.width}")
+    return ckpt.fingerprint, list(ckpt.model.nesting_list)
 
 
 def queries(a, stream: int) -> np.ndarray:
@@ -233,12 +255,13 @@ def plan_of(a, nprobe: int, shortlist: int, final_dim: int):
 
 def serve(a) -> dict:
     from index.search import set_threads
-    from index.store import IndexStore
+    from index.store import IndexStore, read_manifest
 
     set_threads(1)
     before = memory()
     start = time.perf_counter()
-    store = IndexStore.open(folder_of(a), FP, a.width, writable=False, verify=False)
+    fingerprint = read_manifest(folder_of(a))["fingerprint"]
+    store = IndexStore.open(folder_of(a), fingerprint, a.width, writable=False, verify=False)
     out: dict = {"open_s": time.perf_counter() - start, "before": before, "opened": memory()}
     q = queries(a, 1)
     t = np.load(folder_of(a).parent / f"truth-{a.n}-test.npy")
@@ -273,6 +296,131 @@ def serve(a) -> dict:
         print(json.dumps(out["cold"][-1]), file=sys.stderr, flush=True)
     out["after"] = memory()
     return out
+
+
+def calibrated(a) -> dict:
+    """The recall table as a build or compaction measures it (index.calibration), saved in the
+    folder: what `recall_target` requests are answered from."""
+    from index.calibration import calibrate, save
+    from index.search import set_threads
+    from index.store import IndexStore, read_manifest
+
+    set_threads(1)
+    store = IndexStore(folder_of(a), read_manifest(folder_of(a)), writable=False)
+    table = calibrate(store)
+    save(store, table)
+    return {
+        "cost_s": table.cost_s,
+        "queries": table.queries,
+        "settings": len(table.settings),
+        "picks": {str(t): table.pick(t).model_dump() for t in TARGETS},
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "loadavg_end": list(os.getloadavg()),
+    }
+
+
+def targets(a) -> dict:
+    """Asked vs achieved: each target's pick run on the held-out `test` queries (draws, not
+    index items) against the exact full-dim truth of the `truth` stage."""
+    from bench_recall_target import score_targets
+
+    from index.search import set_threads
+    from index.store import IndexStore, read_manifest
+
+    set_threads(1)
+    store = IndexStore(folder_of(a), read_manifest(folder_of(a)), writable=False)
+    q = queries(a, 1)
+    t = np.load(folder_of(a).parent / f"truth-{a.n}-test.npy")
+    rows = []
+    for row in score_targets(store, q, t, TARGETS, a.timed):
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return {"held_out_queries": len(q), "timed_queries": a.timed, "targets": rows}
+
+
+def server_memory(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key + "_kb"] = int(value.split()[0])
+    return out
+
+
+def http(a) -> dict:
+    """`python -m server` on the folder as a read-only replica serves it (checksums not
+    verified at open: they read all 41 GB), `recall_target` requests of the held-out queries:
+    one client in turn (latency, recall, the plan the server chose), then `--clients`
+    concurrent connections with wrk (throughput); the server's RSS."""
+    import httpx
+    from bench_server import WRK_BODIES, start_wrk, stop_server, wrk_result
+    from common import free_port
+
+    q, t = queries(a, 1), np.load(folder_of(a).parent / f"truth-{a.n}-test.npy")
+    port = free_port()
+    env = {**os.environ, "MOCO_READ_ONLY": "1", "MOCO_VERIFY_INDEX": "0", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint_of(a))]
+    argv += ["--index-dir", str(folder_of(a)), "--port", str(port)]
+    log = a.work_dir / "server.log"
+    start = time.perf_counter()
+    with log.open("wb") as f:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=f)
+    url = f"http://127.0.0.1:{port}"
+    out: dict = {"server": " ".join(argv[1:]), "env": "MOCO_READ_ONLY=1 MOCO_VERIFY_INDEX=0"}
+    try:
+        while not _ready(url):
+            if proc.poll() is not None or time.perf_counter() - start > 900:
+                raise SystemExit(f"the server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        out["ready_s"] = time.perf_counter() - start
+        out["memory_ready"] = server_memory(proc.pid)
+        bodies = [
+            json.dumps({"vectors": [v.tolist()], "k": K, "recall_target": a.recall_target})
+            for v in q
+        ]
+        times, hits, plans = [], [], set()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for i in range(a.http_queries):
+                t0 = time.perf_counter()
+                r = client.post("/v1/search", content=bodies[i], headers=JSON)
+                times.append(1000 * (time.perf_counter() - t0))
+                r.raise_for_status()
+                found = [int(h["id"][1:]) for h in r.json()["results"][0]]
+                hits.append(len(set(found) & set(t[i].tolist())) / K)
+                plans.add(r.headers["X-Search-Plan"])
+        out["single"] = {
+            "queries": a.http_queries,
+            "recall_target": a.recall_target,
+            "recall_at_10": float(np.mean(hits)),
+            "p50_ms": float(np.percentile(times, 50)),
+            "p99_ms": float(np.percentile(times, 99)),
+            "plans": sorted(plans),
+            "loadavg": list(os.getloadavg()),
+        }
+        print(json.dumps(out["single"]), file=sys.stderr, flush=True)
+        folder = a.work_dir / "bodies"
+        folder.mkdir(exist_ok=True)
+        for i, body in enumerate(bodies):
+            (folder / str(i)).write_text(body)
+        values = {"bodies": folder, "count": len(bodies), "path": "/v1/search"}
+        script = WRK_BODIES % {**values, "content_type": "application/json"}
+        wrk = start_wrk(url, script, a.clients, a.http_seconds, a.work_dir, "scale", 1)
+        out["concurrent"] = {"clients": a.clients, **wrk_result(wrk)}
+        out["concurrent"]["qps"] = out["concurrent"]["requests"] / out["concurrent"]["duration_s"]
+        out["concurrent"]["loadavg"] = list(os.getloadavg())
+        out["memory_after"] = server_memory(proc.pid)
+    finally:
+        stop_server(proc)
+    return out
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def pick(a) -> dict:
@@ -329,7 +477,15 @@ def pick(a) -> dict:
     return {"rows": out}
 
 
-STAGES = {"pick": pick, "build": build, "truth": truth, "serve": serve}
+STAGES = {
+    "pick": pick,
+    "build": build,
+    "truth": truth,
+    "serve": serve,
+    "calibrate": calibrated,
+    "targets": targets,
+    "http": http,
+}
 
 
 def main() -> None:
@@ -345,7 +501,12 @@ def main() -> None:
     p.add_argument("--cold-settings", default="512:200:2048,512:500:1024")
     p.add_argument("--cold-queries", type=int, default=200)
     p.add_argument("--candidates", default="IVF4096,Flat@32;IVF4096,Flat@64;IVF4096,SQ8@128")
-    p.add_argument("--stages", default="build,truth,serve")
+    p.add_argument("--timed", type=int, default=200, help="queries timed per recall target")
+    p.add_argument("--recall-target", type=float, default=0.99, help="the http stage's")
+    p.add_argument("--http-queries", type=int, default=1000, help="one client, in turn")
+    p.add_argument("--clients", type=int, default=16, help="wrk connections")
+    p.add_argument("--http-seconds", type=float, default=60)
+    p.add_argument("--stages", default="build,truth,serve,calibrate,targets,http")
     p.add_argument("--stage")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
@@ -375,6 +536,11 @@ def main() -> None:
             "cold_settings",
             "cold_queries",
             "candidates",
+            "timed",
+            "recall_target",
+            "http_queries",
+            "clients",
+            "http_seconds",
         ):
             argv += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
         result[f"loadavg_{stage}"] = list(os.getloadavg())
