@@ -159,20 +159,56 @@ def rerank(
     out_ids = np.empty((n, k), dtype=np.int64)
     step = max(1, RERANK_BUDGET // max(1, width * rerank_dim))
     for start in range(0, n, step):
-        cand = candidates[start : start + step]
-        missing = cand < 0
-        q = truncate_normalize_np(queries[start : start + step], rerank_dim)
-        gather = np.where(missing, 0, cand).reshape(-1)
-        rows = truncate_normalize_np(bank[gather, :rerank_dim], rerank_dim)
-        scores = np.einsum("qd,qsd->qs", q, rows.reshape(*cand.shape, rerank_dim))
-        scores = np.where(missing, -np.inf, scores).astype(np.float32)
-        s, i = _order(scores, np.where(missing, np.iinfo(np.int64).max, cand))
-        i = np.where(np.isfinite(s), i, -1)
-        out_scores[start : start + len(cand)], out_ids[start : start + len(cand)] = (
-            s[:, :k],
-            i[:, :k],
+        stop = start + step
+        scores, ids = _candidate_scores(
+            bank, queries[start:stop], candidates[start:stop], rerank_dim
         )
+        out_scores[start:stop], out_ids[start:stop] = _best(scores, ids, k)
     return out_scores, out_ids
+
+
+def rerank_prefixes(
+    bank: np.ndarray,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    rerank_dim: int,
+    sizes: list[int],
+) -> dict[int, np.ndarray]:
+    """For each s in `sizes`, the ids rerank(bank, queries, candidates[:, :s], k, rerank_dim)
+    returns, with every candidate scored once: a calibration's shortlists of one search."""
+    _check_dim(bank, rerank_dim, "bank")
+    _check_dim(queries, rerank_dim, "queries")
+    n, width = candidates.shape
+    out = {s: np.empty((n, min(k, s)), dtype=np.int64) for s in sizes}
+    step = max(1, RERANK_BUDGET // max(1, width * rerank_dim))
+    for start in range(0, n, step):
+        stop = start + step
+        scores, ids = _candidate_scores(
+            bank, queries[start:stop], candidates[start:stop], rerank_dim
+        )
+        for s in sizes:
+            out[s][start:stop] = _best(scores[:, :s], ids[:, :s], k)[1]
+    return out
+
+
+def _candidate_scores(
+    bank: np.ndarray, queries: np.ndarray, cand: np.ndarray, rerank_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine of each query with its candidates; a -1 candidate scores -inf."""
+    missing = cand < 0
+    q = truncate_normalize_np(queries, rerank_dim)
+    gather = np.where(missing, 0, cand).reshape(-1)
+    rows = truncate_normalize_np(bank[gather, :rerank_dim], rerank_dim)
+    scores = np.einsum("qd,qsd->qs", q, rows.reshape(*cand.shape, rerank_dim))
+    scores = np.where(missing, -np.inf, scores).astype(np.float32)
+    return scores, np.where(missing, np.iinfo(np.int64).max, cand)
+
+
+def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s, i = _order(scores, ids)
+    i = np.where(np.isfinite(s), i, -1)
+    return s[:, :k], i[:, :k]
 
 
 def _keep_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

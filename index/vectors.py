@@ -191,15 +191,17 @@ class Vectors:
             return self._search_filtered(queries, plan, allowed & ~self.dead)
         if not plan.adaptive and plan.use_ann is not True:
             return (*self.exact(queries, plan.k, plan.dim), Route("exact"))
-        shortlist = plan.shortlist_size(len(self))
+        candidates, kind = self.shortlist(queries, plan)
+        return (*rerank(self.rows, queries, candidates, plan.k, plan.final_dim), Route(kind))
+
+    def shortlist(self, queries: np.ndarray, plan: SearchPlan) -> tuple[np.ndarray, str]:
+        """The funnel's first stage: candidate rows [n, shortlist] from the ANN at its dim,
+        or exactly at `plan.dim`, and which of the two it was."""
+        size = plan.shortlist_size(len(self))
         if self.uses_ann(plan.dim, plan.use_ann if plan.adaptive else True):
             assert self.ann is not None
-            _, candidates = self.ann.search(queries, shortlist, plan.knobs)
-            kind = "ann"
-        else:
-            _, candidates = self.exact(queries, shortlist, plan.dim)
-            kind = "exact_shortlist"
-        return (*rerank(self.rows, queries, candidates, plan.k, plan.final_dim), Route(kind))
+            return self.ann.search(queries, size, plan.knobs)[1], "ann"
+        return self.exact(queries, size, plan.dim)[1], "exact_shortlist"
 
     def _search_filtered(
         self, queries: np.ndarray, plan: SearchPlan, allowed: np.ndarray

@@ -137,3 +137,20 @@ def test_truncate_normalize_np_never_writes_its_input(dtype):
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         np.testing.assert_allclose(out, ref, rtol=1e-3 if dtype == "float16" else 1e-6)
         assert out.dtype == np.float32 and out.flags.c_contiguous
+
+
+def test_rerank_prefixes_equals_reranking_each_prefix():
+    from index.search import rerank, rerank_prefixes
+
+    rng = np.random.default_rng(5)
+    bank = rng.standard_normal((300, 16)).astype(np.float32)
+    bank[7] = bank[3]  # a tie: broken by the smaller id in both
+    queries = rng.standard_normal((9, 16)).astype(np.float32)
+    candidates = rng.choice(300, (9, 40)).astype(np.int64)
+    candidates[:, 5] = 7
+    candidates[:, 6] = 3
+    candidates[2, 30:] = -1  # an ANN that found fewer
+    sizes = [1, 4, 7, 20, 40]
+    got = rerank_prefixes(bank, queries, candidates, 5, 12, sizes)
+    for s in sizes:
+        np.testing.assert_array_equal(got[s], rerank(bank, queries, candidates[:, :s], 5, 12)[1])

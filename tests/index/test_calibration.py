@@ -1,0 +1,59 @@
+"""The recall table: every shortlist of one IVF (or exact) knob is measured from one search at
+the largest, and must say exactly what searching at each shortlist would find."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import matryoshka_vectors
+
+from index import calibration
+from index.search import scan_top_k
+from index.store import IndexStore, write_generation
+
+FP = "c" * 16
+WIDTH, N = 32, 1200
+
+
+def store_with(tmp_path, ann: dict | None) -> IndexStore:
+    x = matryoshka_vectors(N, WIDTH, seed=3)
+    items = ({"id": f"i{i}", "label": i % 7, "metadata": None} for i in range(N))
+    info = {"fingerprint": FP, "nesting_list": [8, 16, 32], "store_dtype": "float16"}
+    if ann is not None:
+        info["ann"] = ann
+    write_generation(tmp_path / "i", 0, WIDTH, N, [x], items, info)
+    store = IndexStore.open(tmp_path / "i", FP, WIDTH, writable=True)
+    for i in range(0, 40, 3):  # dead rows must stay out of truth and answers alike
+        store.delete(f"i{i}")
+    return store
+
+
+def per_setting_recall(store: IndexStore, setting: calibration.Setting, queries: int):
+    """What the table would say if each shortlist were searched on its own."""
+    k = calibration.K
+    own = np.sort(np.random.default_rng(0).choice(store.vectors.live_rows(), queries, False))
+    q = store.vectors.rows[own]
+    _, truth = scan_top_k(store.vectors.rows, q, k + 1, WIDTH, exclude=store.vectors.dead)
+    rows = store.vectors.search(q, setting.plan(k + 1))[1]
+    wrap = calibration._without_own
+    return calibration._recall(wrap(rows, own, k), wrap(truth, own, k))
+
+
+@pytest.mark.parametrize(
+    "ann",
+    [
+        {"factory": "IVF16,Flat", "dim": 8, "train_size": N},
+        None,  # no ANN: exact shortlists at the small nesting dims
+    ],
+)
+def test_table_equals_searching_each_setting(tmp_path, ann):
+    store = store_with(tmp_path, ann)
+    table = calibration.calibrate(store, queries=60, timed=2)
+    measured = table.settings[:-1]
+    assert len(measured) > 5 and table.settings[-1].dim == WIDTH
+    assert {s.shortlist for s in measured} >= {20, 50, 100}
+    assert any(s.recall < 0.999 for s in measured)  # the small settings do miss
+    for s in measured:
+        assert (s.recall, s.recall_low) == per_setting_recall(store, s, 60), s
+        assert s.ms > 0
+    store.close()
