@@ -11,6 +11,13 @@ in 0..999 independent of its vector (the hard case: a filter uncorrelated with t
 neighbourhood). Filters `bucket < 500 / 100 / 10` and `bucket == 7` admit 50%, 10%, 1%,
 0.1%. Truth: exact filtered top-10 at the full dim over the admitted rows.
 
+`--real DIR` takes the rows instead from a real-embedding work folder of bench_search
+(`python bench/bench_search.py --data real --n 1000000 --checkpoint C --prepare-only
+--work-dir DIR`: generated `shapes` images embedded by a trained checkpoint, held-out queries
+embedded the same way), with each item's class as its label, and adds a filter correlated
+with the vector: `label == <one class>` (10%, the query's own class for some queries, another
+for the rest: the realistic "category = shoes").
+
 Per selectivity, through IndexStore.search (payload bitmap included) at batch 1:
   - `ann_naive`: the ANN with the filter as an IDSelector at the request's knobs, rerank;
   - `ann_inside`: the same with the planner's widened probe (use_ann forced, no scan);
@@ -40,6 +47,7 @@ from index.plan import SearchKnobs, SearchPlan
 from index.planner import EXACT_SCAN_ROWS
 from index.search import rerank, scan_rows, set_threads
 from index.store import IndexStore, write_generation
+from trainer.data.shapes import CLASSES
 
 K = 10
 FP = "synthetic"
@@ -49,7 +57,9 @@ def loadavg() -> list[float]:
     return list(os.getloadavg())
 
 
-def build(folder: Path, n: int, width: int, seed: int, factory: str, dim: int) -> dict:
+def build(
+    folder: Path, n: int, width: int, seed: int, factory: str, dim: int, real: Path | None
+) -> dict:
     """The index folder (cached): store, items with a random bucket, the ANN."""
     if (folder / "manifest.json").exists():
         return json.loads((folder / "build.json").read_text())
@@ -57,14 +67,24 @@ def build(folder: Path, n: int, width: int, seed: int, factory: str, dim: int) -
     centres = rng.standard_normal((max(1, n // 50), width), dtype=np.float32)
     buckets = rng.integers(0, 1000, n)
     chunk = 65536
+    labels = None
+    if real is not None:
+        rows = np.load(real / "store.npy", mmap_mode="r")
+        labels = np.load(real / "labels.npy", mmap_mode="r")
+        if rows.shape != (n, width):
+            raise SystemExit(f"{real}/store.npy is {rows.shape}, not --n {n} x --width {width}")
 
     def chunks():
         for start in tqdm(range(0, n, chunk), desc="rows"):
-            yield synthetic_rows(rng, centres, min(chunk, n - start), 0.75, 0.8)[0]
+            if real is not None:
+                yield np.asarray(rows[start : start + chunk], dtype=np.float32)
+            else:
+                yield synthetic_rows(rng, centres, min(chunk, n - start), 0.75, 0.8)[0]
 
     def items():
         for i in range(n):
-            yield {"id": f"s{i}", "label": None, "metadata": {"bucket": int(buckets[i])}}
+            label = CLASSES[int(labels[i])] if labels is not None else None
+            yield {"id": f"s{i}", "label": label, "metadata": {"bucket": int(buckets[i])}}
 
     info = {
         "checkpoint": "synthetic",
@@ -75,8 +95,9 @@ def build(folder: Path, n: int, width: int, seed: int, factory: str, dim: int) -
     }
     start = time.perf_counter()
     write_generation(folder, 0, width, n, chunks(), items(), info)
-    queries, _ = synthetic_rows(rng, centres, 1000, 0.75, 0.8)
-    np.save(folder.parent / "queries.npy", queries.astype(np.float32))
+    if real is None:
+        queries, _ = synthetic_rows(rng, centres, 1000, 0.75, 0.8)
+        np.save(folder.parent / "queries.npy", queries.astype(np.float32))
     out = {"build_s": time.perf_counter() - start, "loadavg": loadavg()}
     (folder / "build.json").write_text(json.dumps(out))
     return out
@@ -121,20 +142,27 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=3.0, help="timing budget per cell")
     p.add_argument("--switch", default="1000,2000,5000,10000,20000,50000")
     p.add_argument("--threads", type=int, default=1, help="FAISS threads (2 spin under load)")
+    p.add_argument("--real", type=Path, help="bench_search's real-embedding work folder")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     set_threads(a.threads)
     folder = a.work_dir / f"index-{a.n}"
     a.work_dir.mkdir(parents=True, exist_ok=True)
-    built = build(folder, a.n, a.width, 0, a.factory, a.dim)
+    built = build(folder, a.n, a.width, 0, a.factory, a.dim, a.real)
     store = IndexStore.open(folder, FP, a.width, writable=False, verify=False)
-    q_all = np.load(a.work_dir / "queries.npy")[: a.queries]
+    q_all = np.load((a.real or a.work_dir) / "queries.npy")[: a.queries].astype(np.float32)
     parse = TypeAdapter(BoundedFilter).validate_python
     knobs = SearchKnobs(nprobe=a.nprobe)
     result = {
         "what": "filtered search by selectivity, IndexStore.search at batch 1, k=10",
-        "data": f"synthetic Matryoshka-like rows (bench_search.synthetic_rows), D={a.width}, "
-        "float16 store; metadata.bucket uniform 0..999, independent of the vector",
+        "data": (
+            f"real: {a.real} (bench_search --data real: generated shapes embedded by a trained "
+            "checkpoint; label = the class)"
+            if a.real
+            else "synthetic Matryoshka-like rows (bench_search.synthetic_rows)"
+        )
+        + f", D={a.width}, float16 store; metadata.bucket uniform 0..999, independent of the "
+        "vector",
         "n": a.n,
         "ann": f"{a.factory} @ {a.dim}",
         "nprobe": a.nprobe,
@@ -153,6 +181,8 @@ def main() -> None:
         "1%": {"field": "metadata.bucket", "range": {"lt": 10}},
         "0.1%": {"field": "metadata.bucket", "eq": 7},
     }
+    if a.real:  # correlated with the vector: one class of ten
+        filters["10% (label)"] = {"field": "label", "eq": CLASSES[0]}
     for name, raw in filters.items():
         node = parse(raw)
         truth, matched = truth_for(store, q_all, node, a.width)
