@@ -338,15 +338,6 @@ def targets(a) -> dict:
     return {"held_out_queries": len(q), "timed_queries": a.timed, "targets": rows}
 
 
-def server_memory(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key + "_kb"] = int(value.split()[0])
-    return out
-
-
 def http(a) -> dict:
     """`python -m server` on the folder as a read-only replica serves it (checksums not
     verified at open: they read all 41 GB), `recall_target` requests of the held-out queries:
@@ -373,7 +364,7 @@ def http(a) -> dict:
                 raise SystemExit(f"the server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(1)
         out["ready_s"] = time.perf_counter() - start
-        out["memory_ready"] = server_memory(proc.pid)
+        out["memory_ready"] = memory(proc.pid)
         bodies = [
             json.dumps({"vectors": [v.tolist()], "k": K, "recall_target": a.recall_target})
             for v in q
@@ -408,7 +399,7 @@ def http(a) -> dict:
         out["concurrent"] = {"clients": a.clients, **wrk_result(wrk)}
         out["concurrent"]["qps"] = out["concurrent"]["requests"] / out["concurrent"]["duration_s"]
         out["concurrent"]["loadavg"] = list(os.getloadavg())
-        out["memory_after"] = server_memory(proc.pid)
+        out["memory_after"] = memory(proc.pid)
     finally:
         stop_server(proc)
     return out

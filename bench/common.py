@@ -25,10 +25,10 @@ def write_result(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def memory() -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon, RssFile of this process, in kB (/proc/self/status)."""
+def memory(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of a process (this one), in kB (/proc/<pid>/status)."""
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key + "_kb"] = int(value.split()[0])
