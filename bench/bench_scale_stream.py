@@ -298,8 +298,10 @@ def serve(a) -> dict:
     return out
 
 
-def calibrated(a) -> dict:
-    """The recall table as a build or compaction measures it (index.calibration), saved in the
+def calibrated(a, held_out: bool = False) -> dict:
+    """The recall table as a build or compaction measures it (index.calibration: 200 held-out
+    items), or (`held_out`) on 200 query draws that are not items (stream 3: neither the test
+    nor the pick queries), as `python -m index.calibrate --queries-file` does; saved in the
     folder: what `recall_target` requests are answered from."""
     from index.calibration import calibrate, save
     from index.search import set_threads
@@ -307,11 +309,12 @@ def calibrated(a) -> dict:
 
     set_threads(1)
     store = IndexStore(folder_of(a), read_manifest(folder_of(a)), writable=False)
-    table = calibrate(store)
+    table = calibrate(store, sample=draws(a.seed, 3, a.n, 200, a.width, 200) if held_out else None)
     save(store, table)
     return {
         "cost_s": table.cost_s,
         "queries": table.queries,
+        "held_out": table.held_out,
         "settings": len(table.settings),
         "picks": {str(t): table.pick(t).model_dump() for t in TARGETS},
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -475,6 +478,8 @@ STAGES = {
     "serve": serve,
     "calibrate": calibrated,
     "targets": targets,
+    "calibrate_on_queries": lambda a: calibrated(a, held_out=True),
+    "targets_on_queries": targets,
     "http": http,
 }
 

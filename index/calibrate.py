@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from index.calibration import QUERIES, calibrate, save
 from index.store import IndexStore, read_manifest
 
@@ -16,11 +18,25 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m index.calibrate FOLDER`: (re)calibrate a folder in place (stop its writer)."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("folder", type=Path)
-    p.add_argument("--queries", type=int, default=QUERIES)
+    p.add_argument("--queries", type=int, default=QUERIES, help="how many queries to measure")
+    p.add_argument(
+        "--queries-file",
+        type=Path,
+        help="a .npy of query vectors [n, width] that are not index items (e.g. logged "
+        "queries) to measure on; default: held-out items",
+    )
     a = p.parse_args(argv)
     manifest = read_manifest(a.folder)
     store = IndexStore(a.folder, manifest, writable=False)
-    calibration = calibrate(store, queries=a.queries)
+    sample = None
+    if a.queries_file is not None:
+        sample = np.load(a.queries_file)
+        if sample.ndim != 2 or sample.shape[1] != store.width:
+            raise SystemExit(
+                f"{a.queries_file} holds an array of shape {sample.shape}; expected [n, "
+                f"{store.width}] query vectors at this index's full dim"
+            )
+    calibration = calibrate(store, queries=a.queries, sample=sample)
     save(store, calibration)
     store.close()
     best = {t: calibration.pick(t).model_dump() for t in (0.9, 0.95, 0.99)}

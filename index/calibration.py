@@ -70,6 +70,9 @@ class Calibration(BaseModel):
 
     k: int
     queries: int
+    held_out: bool = Field(
+        False, description="measured on query vectors given to it, not on the index's items"
+    )
     rows: int = Field(description="live items when measured")
     measured: str
     cost_s: float = Field(description="seconds the calibration took")
@@ -134,14 +137,27 @@ def _without_own(rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def calibrate(store, *, queries: int = QUERIES, timed: int = TIMED, k: int = K) -> Calibration:
-    """Measure the grid on `store` (an IndexStore); holds its lock throughout."""
+def calibrate(
+    store,
+    *,
+    queries: int = QUERIES,
+    timed: int = TIMED,
+    k: int = K,
+    sample: np.ndarray | None = None,
+) -> Calibration:
+    """Measure the grid on `store` (an IndexStore); holds its lock throughout. `sample`: query
+    vectors that are not index items (e.g. logged queries) to measure on instead of held-out
+    items: an item sits where the ANN put it, a new query does not, and recall can differ."""
     start = time.perf_counter()
     with store.lock:
         live = store.vectors.live_rows()
-        rng = np.random.default_rng(0)
-        own = np.sort(rng.choice(live, size=min(len(live), queries), replace=False))
-        q = store.vectors.rows[own]
+        if sample is None:
+            rng = np.random.default_rng(0)
+            own = np.sort(rng.choice(live, size=min(len(live), queries), replace=False))
+            q = store.vectors.rows[own]
+        else:
+            q = np.asarray(sample[:queries], dtype=np.float32)
+            own = np.full(len(q), -1)  # nothing to drop: no query is an item
         width = store.width
         exclude = store.vectors.dead if store.vectors.n_dead else None
         settings = []
@@ -157,6 +173,7 @@ def calibrate(store, *, queries: int = QUERIES, timed: int = TIMED, k: int = K) 
     return Calibration(
         k=k,
         queries=len(own),
+        held_out=sample is not None,
         rows=len(live),
         measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         cost_s=round(time.perf_counter() - start, 3),

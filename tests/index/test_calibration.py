@@ -57,3 +57,25 @@ def test_table_equals_searching_each_setting(tmp_path, ann):
         assert (s.recall, s.recall_low) == per_setting_recall(store, s, 60), s
         assert s.ms > 0
     store.close()
+
+
+def test_table_on_query_vectors_that_are_not_items(tmp_path):
+    store = store_with(tmp_path, {"factory": "IVF16,Flat", "dim": 8, "train_size": N})
+    sample = matryoshka_vectors(50, WIDTH, seed=11)
+    table = calibration.calibrate(store, queries=40, timed=1, sample=sample)
+    assert table.held_out and table.queries == 40
+    _, truth = scan_top_k(store.vectors.rows, sample[:40], calibration.K, WIDTH,
+                          exclude=store.vectors.dead)  # fmt: skip
+    for s in table.settings[:-1]:
+        rows = store.vectors.search(sample[:40], s.plan(calibration.K + 1))[1][:, : calibration.K]
+        assert (s.recall, s.recall_low) == calibration._recall(rows, truth), s
+    store.close()
+
+
+def test_calibrate_cli_refuses_query_vectors_of_another_width(tmp_path):
+    from index.calibrate import main
+
+    store_with(tmp_path, None).close()
+    np.save(tmp_path / "q.npy", np.zeros((5, WIDTH // 2), np.float32))
+    with pytest.raises(SystemExit, match=r"shape \(5, 16\); expected \[n, 32\]"):
+        main([str(tmp_path / "i"), "--queries-file", str(tmp_path / "q.npy")])
