@@ -480,6 +480,7 @@ STAGES = {
     "targets": targets,
     "calibrate_on_queries": lambda a: calibrated(a, held_out=True),
     "targets_on_queries": targets,
+    "http_on_queries": http,
     "http": http,
 }
 
