@@ -14,7 +14,12 @@ trained_ann). Queries: held-out draws around the centres of random chunks; `pick
 (another seed) choose the ANN at 1M, the `test` ones are scored once at the end.
 
 Stages, each in its own process (peak RSS = its own): pick (1M only: recall vs index bytes
-for a few factories), build, truth (exact full-dim top-10 by a chunked scan, cached), serve.
+for a few factories), build, truth (exact full-dim top-10 by a chunked scan, cached), serve,
+calibrate (the recall table on held-out items), targets (asked vs achieved on the test
+queries), http (`python -m server` on the folder, one client then wrk's 16 connections);
+calibrate_on_queries / targets_on_queries / http_on_queries do the same with the table
+measured on query draws that are not items. The folder names a random-weight ResNet-50
+checkpoint (2048 dims) so that the server opens it.
 """
 
 from __future__ import annotations
