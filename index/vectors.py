@@ -224,6 +224,17 @@ class Vectors:
         if ann is not None and ann.filters_inside:
             _, candidates = ann.search(queries, shortlist, chosen.knobs, allowed)
             route = Route("ann", matched, chosen.knobs)
+            short = (candidates >= 0).sum(axis=1) < min(shortlist, matched)
+            if short.any():
+                # The probed lists held fewer admitted rows than the shortlist: a filter that
+                # follows the vectors (a class far from the query). Widening the probe is a
+                # guess; the exact shortlist over the admitted rows at the ANN's dim is not.
+                exact = self.exact(queries[short], shortlist, plan.dim, allowed)[1]
+                candidates = np.array(candidates)
+                candidates[short] = -1
+                candidates[short, : exact.shape[1]] = exact
+                if short.all():
+                    route = Route("exact_shortlist", matched)
         else:
             _, candidates = self.exact(queries, shortlist, plan.dim, allowed)
             route = Route("exact_shortlist", matched)
