@@ -352,7 +352,7 @@ def http(a) -> dict:
     one client in turn (latency, recall, the plan the server chose), then `--clients`
     concurrent connections with wrk (throughput); the server's RSS."""
     import httpx
-    from bench_server import WRK_BODIES, start_wrk, stop_server, wrk_result
+    from bench_server import stop_server, wait_ready, wrk_bodies
     from common import free_port
 
     q, t = queries(a, 1), np.load(folder_of(a).parent / f"truth-{a.n}-test.npy")
@@ -367,10 +367,7 @@ def http(a) -> dict:
     url = f"http://127.0.0.1:{port}"
     out: dict = {"server": " ".join(argv[1:]), "env": "MOCO_READ_ONLY=1 MOCO_VERIFY_INDEX=0"}
     try:
-        while not _ready(url):
-            if proc.poll() is not None or time.perf_counter() - start > 900:
-                raise SystemExit(f"the server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+        wait_ready(proc, port, log, 900)
         out["ready_s"] = time.perf_counter() - start
         out["memory_ready"] = memory(proc.pid)
         bodies = [
@@ -397,29 +394,15 @@ def http(a) -> dict:
             "loadavg": list(os.getloadavg()),
         }
         print(json.dumps(out["single"]), file=sys.stderr, flush=True)
-        folder = a.work_dir / "bodies"
-        folder.mkdir(exist_ok=True)
-        for i, body in enumerate(bodies):
-            (folder / str(i)).write_text(body)
-        values = {"bodies": folder, "count": len(bodies), "path": "/v1/search"}
-        script = WRK_BODIES % {**values, "content_type": "application/json"}
-        wrk = start_wrk(url, script, a.clients, a.http_seconds, a.work_dir, "scale", 1)
-        out["concurrent"] = {"clients": a.clients, **wrk_result(wrk)}
+        request = ([b.encode() for b in bodies], "application/json", "/v1/search")
+        load = wrk_bodies(url, request, a.clients, 1, a.http_seconds, a.work_dir)
+        out["concurrent"] = {"clients": a.clients, **load}
         out["concurrent"]["qps"] = out["concurrent"]["requests"] / out["concurrent"]["duration_s"]
         out["concurrent"]["loadavg"] = list(os.getloadavg())
         out["memory_after"] = memory(proc.pid)
     finally:
         stop_server(proc)
     return out
-
-
-def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def pick(a) -> dict:

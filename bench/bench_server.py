@@ -260,6 +260,18 @@ def wrk_result(proc: subprocess.Popen) -> dict:
 
 
 def run_wrk(url: str, request: tuple[list[bytes], str, str], args, seconds: float, tmp: Path):
+    return wrk_bodies(url, request, args.concurrency, args.wrk_threads, seconds, tmp)
+
+
+def wrk_bodies(
+    url: str,
+    request: tuple[list[bytes], str, str],
+    connections: int,
+    threads: int,
+    seconds: float,
+    tmp: Path,
+) -> dict:
+    """wrk POSTing the bodies in turn at `connections`; its JSON summary."""
     bodies, content_type, path = request
     folder = tmp / "bodies"
     folder.mkdir(exist_ok=True)
@@ -267,9 +279,7 @@ def run_wrk(url: str, request: tuple[list[bytes], str, str], args, seconds: floa
         (folder / str(i)).write_bytes(body)
     values = {"bodies": folder, "count": len(bodies), "content_type": content_type, "path": path}
     script = WRK_BODIES % values
-    return wrk_result(
-        start_wrk(url, script, args.concurrency, seconds, tmp, "load", args.wrk_threads)
-    )
+    return wrk_result(start_wrk(url, script, connections, seconds, tmp, "load", threads))
 
 
 def health_summary(load: dict) -> dict:
@@ -360,7 +370,12 @@ def start_server(checkpoint: Path, args, port: int, log: Path) -> subprocess.Pop
     argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", str(port)]
     with log.open("wb") as f:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=f, cwd=source)
-    deadline = time.monotonic() + 180
+    return wait_ready(proc, port, log, 180)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log: Path, timeout_s: float) -> subprocess.Popen:
+    """Poll /readyz until 200; a server that exits or takes longer is killed, its log shown."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:

@@ -198,7 +198,7 @@ def _measure(vectors, specs: list[dict], q, own, truth, k: int, timed: int) -> l
         sizes = [p.shortlist_size(len(vectors)) for p in plans]
         candidates, _ = vectors.shortlist(q, plans[-1])
         found = rerank_prefixes(vectors.rows, q, candidates, k + 1, plans[-1].final_dim, sizes)
-        answers = [found[size] for size in sizes]
+        answers = [found[size][1] for size in sizes]
     out = []
     for i, (setting, plan) in enumerate(zip(settings, plans, strict=True)):
         rows = answers[i] if answers is not None else vectors.search(q, plan)[1]

@@ -151,20 +151,8 @@ def rerank(
     Gathers only the candidate rows, in query chunks sized to a fixed element budget.
     Candidates of -1 (an ANN that found fewer) come back last with score -inf and id -1.
     """
-    _check_dim(bank, rerank_dim, "bank")
-    _check_dim(queries, rerank_dim, "queries")
-    n, width = candidates.shape
-    k = min(k, width)
-    out_scores = np.empty((n, k), dtype=np.float32)
-    out_ids = np.empty((n, k), dtype=np.int64)
-    step = max(1, RERANK_BUDGET // max(1, width * rerank_dim))
-    for start in range(0, n, step):
-        stop = start + step
-        scores, ids = _candidate_scores(
-            bank, queries[start:stop], candidates[start:stop], rerank_dim
-        )
-        out_scores[start:stop], out_ids[start:stop] = _best(scores, ids, k)
-    return out_scores, out_ids
+    width = candidates.shape[1]
+    return rerank_prefixes(bank, queries, candidates, k, rerank_dim, [width])[width]
 
 
 def rerank_prefixes(
@@ -174,13 +162,15 @@ def rerank_prefixes(
     k: int,
     rerank_dim: int,
     sizes: list[int],
-) -> dict[int, np.ndarray]:
-    """For each s in `sizes`, the ids rerank(bank, queries, candidates[:, :s], k, rerank_dim)
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For each s in `sizes`, what rerank(bank, queries, candidates[:, :s], k, rerank_dim)
     returns, with every candidate scored once: a calibration's shortlists of one search."""
     _check_dim(bank, rerank_dim, "bank")
     _check_dim(queries, rerank_dim, "queries")
     n, width = candidates.shape
-    out = {s: np.empty((n, min(k, s)), dtype=np.int64) for s in sizes}
+    out = {
+        s: (np.empty((n, min(k, s)), np.float32), np.empty((n, min(k, s)), np.int64)) for s in sizes
+    }
     step = max(1, RERANK_BUDGET // max(1, width * rerank_dim))
     for start in range(0, n, step):
         stop = start + step
@@ -188,7 +178,7 @@ def rerank_prefixes(
             bank, queries[start:stop], candidates[start:stop], rerank_dim
         )
         for s in sizes:
-            out[s][start:stop] = _best(scores[:, :s], ids[:, :s], k)[1]
+            out[s][0][start:stop], out[s][1][start:stop] = _best(scores[:, :s], ids[:, :s], k)
     return out
 
 

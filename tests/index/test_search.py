@@ -153,4 +153,6 @@ def test_rerank_prefixes_equals_reranking_each_prefix():
     sizes = [1, 4, 7, 20, 40]
     got = rerank_prefixes(bank, queries, candidates, 5, 12, sizes)
     for s in sizes:
-        np.testing.assert_array_equal(got[s], rerank(bank, queries, candidates[:, :s], 5, 12)[1])
+        want = rerank(bank, queries, candidates[:, :s], 5, 12)
+        np.testing.assert_array_equal(got[s][1], want[1])
+        np.testing.assert_array_equal(got[s][0], want[0])
