@@ -14,7 +14,8 @@ trained_ann). Queries: held-out draws around the centres of random chunks; `pick
 (another seed) choose the ANN at 1M, the `test` ones are scored once at the end.
 
 Stages, each in its own process (peak RSS = its own): pick (1M only: recall vs index bytes
-for a few factories), build, truth (exact full-dim top-10 by a chunked scan, cached), serve,
+for a few factories), build, open (the folder opened as the server does; the items read from
+their columns file and parsed), truth (exact full-dim top-10 by a chunked scan, cached), serve,
 calibrate (the recall table on held-out items), targets (asked vs achieved on the test
 queries), http (`python -m server` on the folder, one client then wrk's 16 connections);
 calibrate_on_queries / targets_on_queries / http_on_queries do the same with the table
@@ -258,6 +259,32 @@ def plan_of(a, nprobe: int, shortlist: int, final_dim: int):
     return SearchPlan(K, a.dim, final_dim, shortlist, SearchKnobs(nprobe=nprobe), use_ann=True)
 
 
+def opened(a) -> dict:
+    """Open as the server does (read-only, verify=False), then the items alone both ways:
+    from columns-<g>.npz and parsed from items-<g>.jsonl (a folder written before columns)."""
+    from index.items import read_items
+    from index.store import IndexStore, read_manifest
+
+    folder = folder_of(a)
+    manifest = read_manifest(folder)
+    before = memory()
+    start = time.perf_counter()
+    store = IndexStore.open(folder, manifest["fingerprint"], a.width, writable=False, verify=False)
+    out: dict = {"open_s": time.perf_counter() - start, "before": before, "opened": memory()}
+    store.close()
+    del store
+    items = folder / manifest["items"]
+    for name, columns in (("columns", folder / manifest["columns"]), ("parsed", None)):
+        start = time.perf_counter()
+        read_items(items, a.n, columns)
+        out[f"items_{name}_s"] = time.perf_counter() - start
+        print(name, out[f"items_{name}_s"], file=sys.stderr, flush=True)
+    out["items_ratio"] = out["items_parsed_s"] / out["items_columns_s"]
+    out["files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    out["loadavg"] = list(os.getloadavg())
+    return out
+
+
 def serve(a) -> dict:
     from index.search import set_threads
     from index.store import IndexStore, read_manifest
@@ -464,6 +491,7 @@ STAGES = {
     "build": build,
     "truth": truth,
     "serve": serve,
+    "open": opened,
     "calibrate": calibrated,
     "targets": targets,
     "calibrate_on_queries": lambda a: calibrated(a, held_out=True),

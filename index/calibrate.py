@@ -1,6 +1,7 @@
 """`python -m index.calibrate FOLDER`: measure (again) a folder's recall table in place, e.g.
-for a folder built before calibration existed (stop its writer first). index.calibration
-has the measurement."""
+for a folder built before calibration existed, or on a sample of real queries (--queries-file,
+kept in the folder for every later calibration); stop its writer first. index.calibration has
+the measurement."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.calibration import QUERIES, calibrate, save
+from index.calibration import QUERIES, calibrate, load_sample, save, save_sample
 from index.store import IndexStore, read_manifest
 
 
@@ -23,12 +24,13 @@ def main(argv: list[str] | None = None) -> None:
         "--queries-file",
         type=Path,
         help="a .npy of query vectors [n, width] that are not index items (e.g. logged "
-        "queries) to measure on; default: held-out items",
+        "queries) to measure on, kept in the folder for later calibrations (compaction's); "
+        "default: the kept sample, else held-out items",
     )
     a = p.parse_args(argv)
     manifest = read_manifest(a.folder)
     store = IndexStore(a.folder, manifest, writable=False)
-    sample = None
+    sample = load_sample(a.folder, manifest, store.width)
     if a.queries_file is not None:
         sample = np.load(a.queries_file)
         if sample.ndim != 2 or sample.shape[1] != store.width:
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{a.queries_file} holds an array of shape {sample.shape}; expected [n, "
                 f"{store.width}] query vectors at this index's full dim"
             )
+        save_sample(store, sample[: a.queries])  # compaction's calibrations use it too
     calibration = calibrate(store, queries=a.queries, sample=sample)
     save(store, calibration)
     store.close()

@@ -9,12 +9,15 @@ full dim as truth, then every setting of the grid is scored (recall@k) and timed
 The table always ends with exact search at the full dim (recall 1 by definition), so every
 target in (0, 1] has an answer and none is met by silently losing recall. It is saved as
 calibration-<g>.json, named by the manifest; folders from before it have none (the server
-answers 422 naming `python -m index.calibrate FOLDER`, index/calibrate.py). `calibrate` takes
+answers 422 naming `python -m index.calibrate FOLDER`, index/calibrate.py). A query sample given
+to the CLI is kept in the folder (calibration-queries.npy, named by the manifest) and every later
+calibration, compaction's included, measures on it instead of on items. `calibrate` takes
 the store by its attributes (no import of index.store, which calls it at compaction).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from itertools import groupby
 from pathlib import Path
@@ -36,6 +39,8 @@ SHORTLISTS = (20, 50, 100, 200, 500, 1000, 2000, 4000)
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 ENOUGH = 0.999  # a knob's larger shortlists are skipped once one's lower bound reaches this
 EF_SEARCHES = (16, 32, 64, 128, 256, 512)
+SAMPLE_FILE = "calibration-queries.npy"
+log = logging.getLogger("index.calibration")
 
 
 class Setting(BaseModel):
@@ -231,6 +236,29 @@ def save(store, calibration: Calibration) -> None:
     atomic_write(store.directory / name, lambda f: f.write(text))
     store.manifest = {**store.manifest, "calibration": name}
     publish_manifest(store.directory, store.manifest)
+
+
+def save_sample(store, sample: np.ndarray) -> None:
+    """Keep the query sample beside the folder's tables: later calibrations measure on it."""
+    data = np.ascontiguousarray(sample, dtype=np.float32)
+    atomic_write(store.directory / SAMPLE_FILE, lambda f: np.save(f, data))
+    store.manifest = {**store.manifest, "calibration_queries": SAMPLE_FILE}
+    publish_manifest(store.directory, store.manifest)
+
+
+def load_sample(directory: Path, manifest: dict, width: int) -> np.ndarray | None:
+    """The kept query sample, or None (none kept; one unreadable is logged, and items used)."""
+    name = manifest.get("calibration_queries")
+    if not name:
+        return None
+    try:
+        sample = np.load(Path(directory) / name, allow_pickle=False)
+        if sample.ndim != 2 or sample.shape[1] != width:
+            raise ValueError(f"shape {sample.shape}, not [n, {width}]")
+        return sample
+    except (OSError, ValueError) as e:
+        log.warning("%s/%s is unreadable (%s): calibrating on items", directory, name, e)
+        return None
 
 
 def load(directory: Path, manifest: dict) -> Calibration | None:

@@ -11,6 +11,7 @@ Ids added since the generation live in a small dict until compaction writes a ne
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import pairwise
 from typing import TypeVar
 
 import numpy as np
@@ -48,6 +49,11 @@ class IdColumn:
 
     def __getitem__(self, row: int) -> str:
         return self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])].decode()
+
+    def __iter__(self) -> Iterator[str]:
+        offsets = self.offsets.tolist()
+        for start, end in pairwise(offsets):
+            yield self.blob[start:end].decode()
 
 
 class IdMap(Mapping[str, int]):

@@ -30,6 +30,8 @@ def crc32_of(path: Path) -> str:
 def generation_files(manifest: dict[str, Any]) -> list[str]:
     """The files a generation is made of (its log grows after it, so it has no checksum)."""
     files = [manifest["vectors"], manifest["items"]]
+    if manifest.get("columns"):
+        files.append(manifest["columns"])
     if manifest.get("ann"):
         files.append(manifest["ann"]["file"])
     return files

@@ -1,18 +1,18 @@
-"""The payload index: per field (the label, each top-level metadata key) one column over the
-rows, so a filter becomes a row bitmap in a few vectorised compares instead of a walk over
-the items.
+"""The payload index: per field (the label, each top-level metadata key) one column over the rows,
+so a filter becomes a row bitmap in a few vectorised compares instead of a walk over the items.
 
 A column holds an int32 code per row (-1: the row has no scalar value there) for equality and
 set membership, and, once the field has held a number, a float64 per row (NaN: no number) for
 ranges. Codes come from one dictionary of (kind, value) keys, so "1", 1 and true stay apart
-while 1 and 1.0 meet. Rows are the store's row ids: the index is built from a generation's
-items when it is opened (items-<g>.jsonl is the payload, so old folders need nothing new),
-appended to by every add (WAL replay included) and rebuilt with compaction; deleted rows stay
-in it and are masked out by the store's tombstones.
+while 1 and 1.0 meet. Rows are the store's row ids: a generation's columns are written with its
+items (index.items, columns-<g>.npz) and read back when it is opened (built from items-<g>.jsonl
+for a folder written before them), appended to by every add (WAL replay included) and rebuilt
+with compaction; deleted rows stay in it and are masked out by the store's tombstones.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -104,6 +104,43 @@ class PayloadIndex:
             if nums:
                 column.put_numbers(np.asarray(num_rows), np.asarray(nums))
         self.n += len(items)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The index as named arrays (index.items saves them beside the generation)."""
+        fields = sorted(self.columns)
+        meta = {
+            "n": self.n,
+            "fields": fields,
+            "dictionary": [list(key) for key in self.dictionary],
+            "numbers": [f for f in fields if self.columns[f].numbers is not None],
+        }
+        out = {"payload": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        for i, name in enumerate(fields):
+            column = self.columns[name]
+            out[f"codes_{i}"] = column.codes_for(self.n)
+            numbers = column.numbers_for(self.n)
+            if numbers is not None:
+                out[f"numbers_{i}"] = numbers
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n: int) -> PayloadIndex:
+        meta = json.loads(arrays["payload"].tobytes())
+        if meta["n"] != n:
+            raise ValueError(f"the payload columns hold {meta['n']} rows, not {n}")
+        index = cls()
+        index.n = n
+        index.dictionary = {
+            (kind, value): code for code, (kind, value) in enumerate(meta["dictionary"])
+        }
+        numbered = set(meta["numbers"])
+        for i, name in enumerate(meta["fields"]):
+            column = Column()
+            column.codes = arrays[f"codes_{i}"]
+            if name in numbered:
+                column.numbers = arrays[f"numbers_{i}"]
+            index.columns[name] = column
+        return index
 
     def mask(self, node: Filter, n: int | None = None) -> np.ndarray:
         """bool[n] (default: every row added): the rows the filter admits."""

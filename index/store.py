@@ -6,8 +6,9 @@ Folder layout (one generation is current; manifest.json names its files):
                        (read with pread, index.rowfile; index.vectors searches it at any dim)
   ann-<g>.faiss        optional ANN index over the normalised shortlist-dim prefix
                        (manifest "ann": factory, dim, train_size; index.ann)
-  items-<g>.jsonl      one {"id", "label", "metadata"} per row; read once at open into columns
-                       (index.items: line offsets, ids, payload), an item by pread of its line
+  items-<g>.jsonl      one {"id", "label", "metadata"} per row; an item is read by pread of its line
+  columns-<g>.npz      the items' line offsets, ids and payload columns (index.items), written
+                       with them: what opening reads instead of parsing every line
   wal-<g>.jsonl        mutations since generation g (index.wal), replayed on open; the
                        manifest counts the records it must hold (index.folder)
   thumbnails.*         item thumbnails across generations: an added item carries its own
@@ -38,9 +39,14 @@ from index.ann import AnnIndex, build_ann
 from index.calibration import load as load_calibration
 from index.errors import DuplicateIds, IndexFolderError, ItemNotFound, ThumbnailDamaged
 from index.folder import check_log, publish_manifest, readable, refuse_orphans, remove_stale
-from index.integrity import check_storable, checksums, nonfinite_rows, verify_once
-from index.items import read_items
-from index.payload import PayloadIndex
+from index.integrity import (
+    check_storable,
+    checksums,
+    generation_files,
+    nonfinite_rows,
+    verify_once,
+)
+from index.items import read_items, write_items
 from index.plan import SearchPlan
 from index.planner import Route
 from index.rowfile import RowFile
@@ -85,6 +91,7 @@ def write_generation(
     """
     directory.mkdir(parents=True, exist_ok=True)
     vec_name, items_name = f"vectors-{generation}.npy", f"items-{generation}.jsonl"
+    columns_name = f"columns-{generation}.npz"
     dtype = info.get("store_dtype", "float32")
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype {dtype!r} is not one of {', '.join(STORE_DTYPES)}")
@@ -108,11 +115,7 @@ def write_generation(
     except ValueError:
         (directory / vec_name).unlink(missing_ok=True)  # never left for a later start
         raise
-    with open(directory / items_name, "w") as f:
-        for item in items:
-            f.write(json.dumps(item, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_items(directory / items_name, items, count).save(directory / columns_name)
     with open(directory / vec_name, "rb+") as f:
         os.fsync(f.fileno())
     with open(directory / f"wal-{generation}.jsonl", "wb") as f:
@@ -135,6 +138,7 @@ def write_generation(
         "generation": generation,
         "vectors": vec_name,
         "items": items_name,
+        "columns": columns_name,
         "wal": f"wal-{generation}.jsonl",
         "wal_records": 0,
     }
@@ -322,8 +326,12 @@ class IndexStore:
         base = RowFile(self.directory / manifest["vectors"])
         if base.shape[1] != self.width or base.dtype.name not in STORE_DTYPES:
             raise ValueError(f"vectors file has shape {base.shape} and dtype {base.dtype}")
-        payload = PayloadIndex()
-        items, row_of = read_items(self.directory / manifest["items"], len(base), payload)
+        columns = manifest.get("columns")  # absent in folders written before it
+        items, row_of, payload = read_items(
+            self.directory / manifest["items"],
+            len(base),
+            self.directory / columns if columns else None,
+        )
         ann = None
         spec = manifest.get("ann")
         if spec is not None:
@@ -449,7 +457,9 @@ class IndexStore:
             old = self.manifest
             gen = int(old["generation"]) + 1
             info = {
-                k: v for k, v in old.items() if k not in ("vectors", "items", "wal", "calibration")
+                k: v
+                for k, v in old.items()
+                if k not in ("vectors", "items", "columns", "wal", "calibration")
             }
             rows = self.vectors.rows
             chunks = (rows[live[i : i + CHUNK]] for i in range(0, len(live), CHUNK))
@@ -468,9 +478,8 @@ class IndexStore:
             self._load_generation(self.manifest)
             self._wal = WriteAheadLog(self.directory / self.manifest["wal"], 0)
             self.ops_since_compaction = 0
-            old_ann = [old["ann"]["file"]] if old.get("ann") else []
             old_table = [old["calibration"]] if old.get("calibration") else []
-            for name in (old["vectors"], old["items"], old["wal"], *old_ann, *old_table):
+            for name in (*generation_files(old), old["wal"], *old_table):
                 (self.directory / name).unlink(missing_ok=True)
             for dim in dims:
                 self.vectors.warm(dim)
@@ -479,7 +488,8 @@ class IndexStore:
     def recalibrate(self) -> None:
         """Measure and save the recall table of the current generation (index.calibration)."""
         with self.lock:
-            table = calibration.calibrate(self)
+            sample = calibration.load_sample(self.directory, self.manifest, self.width)
+            table = calibration.calibrate(self, sample=sample)
             calibration.save(self, table)
             self.calibration = table
 

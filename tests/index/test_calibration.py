@@ -79,3 +79,28 @@ def test_calibrate_cli_refuses_query_vectors_of_another_width(tmp_path):
     np.save(tmp_path / "q.npy", np.zeros((5, WIDTH // 2), np.float32))
     with pytest.raises(SystemExit, match=r"shape \(5, 16\); expected \[n, 32\]"):
         main([str(tmp_path / "i"), "--queries-file", str(tmp_path / "q.npy")])
+
+
+def test_a_query_sample_given_once_is_kept_for_compactions(tmp_path, caplog):
+    """At 10M held-out items certified 0.99 where new queries got 0.9899: a table measured on
+    real queries must not fall back to items at the next compaction."""
+    from index.calibrate import main
+
+    store_with(tmp_path, {"factory": "IVF16,Flat", "dim": 8, "train_size": N}).close()
+    np.save(tmp_path / "q.npy", matryoshka_vectors(50, WIDTH, seed=11))
+    main([str(tmp_path / "i"), "--queries-file", str(tmp_path / "q.npy")])
+    (tmp_path / "q.npy").unlink()  # the folder keeps its own copy
+    store = IndexStore.open(tmp_path / "i", FP, WIDTH, writable=True)
+    assert store.calibration.held_out and store.calibration.queries == 50
+    store.delete("i1")
+    store.compact()
+    assert store.calibration.held_out and store.calibration.queries == 50
+    assert store.manifest["calibration_queries"] == calibration.SAMPLE_FILE
+    (tmp_path / "i" / calibration.SAMPLE_FILE).write_bytes(b"not an array")
+    store.compact()
+    assert not store.calibration.held_out and store.calibration.queries == calibration.QUERIES
+    assert "calibration-queries.npy is unreadable" in caplog.text
+    store.close()
+    reopened = IndexStore.open(tmp_path / "i", FP, WIDTH, writable=True)  # not a stale file
+    assert (tmp_path / "i" / calibration.SAMPLE_FILE).exists()
+    reopened.close()

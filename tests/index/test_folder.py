@@ -110,7 +110,7 @@ def test_stale_generations_removed_by_the_writer_only(tmp_path):
     store.close()
     live = set(folder_bytes(index))
     stale = ["vectors-0.npy", "items-0.jsonl", "wal-0.jsonl", "ann-0.faiss"]
-    stale += ["vectors-2.npy", "items-2.jsonl", ".manifest.json.k2j3.tmp"]  # a killed compaction
+    stale += ["vectors-2.npy", "items-2.jsonl", "columns-2.npz", ".manifest.json.k2j3.tmp"]
     for name in stale:
         (index / name).write_bytes(b"x" * 100)
     kept = ["thumbnails.bin", "notes.txt"]

@@ -54,7 +54,8 @@ def reopen_refused(path, match):
 
 def test_a_healthy_folder_opens_and_verifies(folder, capsys):
     manifest = read_manifest(folder)
-    assert set(manifest["checksums"]) == {manifest["vectors"], manifest["items"]}
+    files = {manifest["vectors"], manifest["items"], manifest["columns"]}
+    assert set(manifest["checksums"]) == files
     assert manifest["thumbnail_records"] == 2
     open_store(folder, writable=False).close()
     assert verify_main([str(folder)]) == 0
@@ -65,6 +66,14 @@ def test_a_flipped_byte_in_the_items_is_refused(folder):
     items = folder / read_manifest(folder)["items"]
     items.write_bytes(items.read_bytes().replace(b"rings", b"rin=s", 1))
     reopen_refused(folder, "items-1.jsonl fails its checksum")
+
+
+def test_a_flipped_byte_in_the_item_columns_is_refused(folder):
+    columns = folder / read_manifest(folder)["columns"]
+    data = bytearray(columns.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    columns.write_bytes(bytes(data))
+    reopen_refused(folder, "columns-1.npz fails its checksum")
 
 
 def test_a_nan_in_the_vectors_is_refused_even_without_checksums(folder):
@@ -192,6 +201,9 @@ def edit_manifest(folder, **changes) -> None:
         (lambda f, m: (f / m["items"]).unlink(), "cannot be read"),
         (lambda f, m: (f / m["items"]).write_text("{not json\n" * 4), "cannot be read"),
         (lambda f, m: cut(f / m["items"], 30), "cannot be read"),
+        (lambda f, m: (f / m["columns"]).unlink(), "cannot be read"),
+        (lambda f, m: cut(f / m["columns"], 100), "cannot be read"),
+        (lambda f, m: (f / m["columns"]).write_bytes(b"PK\x03\x04" * 50), "cannot be read"),
         (lambda f, m: edit_manifest(f, vectors=None), "cannot be read.*vectors"),
         (lambda f, m: edit_manifest(f, wal_records="x"), "cannot be read"),
         (lambda f, m: edit_manifest(f, thumbnail_records="2"), "cannot be read"),
@@ -202,6 +214,9 @@ def edit_manifest(folder, **changes) -> None:
         "items-deleted",
         "items-garbled",
         "items-cut",
+        "columns-deleted",
+        "columns-cut",
+        "columns-garbled",
         "no-vectors-key",
         "count-not-a-number",
         "thumbnail-count-a-string",

@@ -16,7 +16,7 @@ from index import items as items_module
 from index import store as store_module
 from index.filter import BoundedFilter
 from index.idmap import IdMap
-from index.items import read_items
+from index.items import read_items, write_items
 from index.payload import PayloadIndex
 from index.plan import SearchPlan
 from index.store import IndexStore, write_generation
@@ -66,13 +66,22 @@ def test_id_map_deletes_and_adds(bits):
     assert list(ids) == [*(i for i in IDS if i != "b"), "b"]  # row order, added ones last
 
 
-def test_read_items_streams_lines_ids_and_payload(tmp_path, monkeypatch):
+@pytest.mark.parametrize("columns", [False, True], ids=["parsed", "columns-file"])
+def test_read_items_gives_lines_ids_and_payload(tmp_path, monkeypatch, columns):
+    """From the items file alone (a folder written before columns-<g>.npz) or from the columns
+    written with it: the same rows, ids and filters."""
     monkeypatch.setattr(items_module, "CHUNK", 16)  # many chunks
     path = tmp_path / "items-0.jsonl"
     catalogue_items = catalogue(IDS)
-    path.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in catalogue_items))
-    payload = PayloadIndex()
-    table, ids = read_items(path, len(IDS), payload, bits=3)
+    if columns:
+        write_items(path, catalogue_items, len(IDS)).save(tmp_path / "columns-0.npz")
+    else:
+        path.write_text(
+            "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in catalogue_items)
+        )
+    table, ids, payload = read_items(
+        path, len(IDS), tmp_path / "columns-0.npz" if columns else None, bits=3
+    )
     assert list(table) == catalogue_items
     assert [ids[i] for i in IDS] == list(range(len(IDS)))
     expected = PayloadIndex(catalogue_items)
@@ -87,7 +96,9 @@ def test_read_items_streams_lines_ids_and_payload(tmp_path, monkeypatch):
         table[len(IDS) + 1]
     for count in (len(IDS) - 1, len(IDS) + 1):
         with pytest.raises(ValueError, match="items"):
-            read_items(path, count, PayloadIndex())
+            read_items(path, count, tmp_path / "columns-0.npz" if columns else None)
+        with pytest.raises(ValueError, match="items"):
+            write_items(tmp_path / "other.jsonl", catalogue_items, count)
 
 
 def open_store(path, writable=True):
@@ -182,9 +193,10 @@ def test_a_folder_written_before_the_columnar_items_opens(tmp_path):
     old = catalogue(IDS)
     x = matryoshka_vectors(len(IDS), 32, seed=1)
     info = {**CREATE, "fingerprint": FP, "store_dtype": "float32"}
-    write_generation(folder, 0, 32, len(IDS), [x], [], info)  # then the old items file:
+    write_generation(folder, 0, 32, len(IDS), [x], old, info)  # then the old items file:
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / manifest["items"]).write_text("".join(json.dumps(it) + "\n" for it in old))
+    (folder / manifest.pop("columns")).unlink()  # the old writer wrote no columns file
     manifest.pop("checksums")  # as before checksums: recorded once by the writer
     (folder / "manifest.json").write_text(json.dumps(manifest))
     store = open_store(folder)

@@ -88,6 +88,7 @@ def test_compaction_keeps_live_items_and_drops_old_files(tmp_path):
     store.compact()
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == [
         "calibration-1.json",  # the recall table, remeasured with every compaction
+        "columns-1.npz",
         "items-1.jsonl",
         "manifest.json",
         "vectors-1.npy",

@@ -32,6 +32,7 @@ ROUNDS = int(os.environ.get("MOCO_KILL_ROUNDS", "6"))
 def generation_files(index):
     manifest = json.loads((index / "manifest.json").read_text())
     live = {"manifest.json", manifest["vectors"], manifest["items"], manifest["wal"]}
+    live |= {manifest["columns"]} if manifest.get("columns") else set()
     return live, {p.name for p in index.iterdir()}
 
 
