@@ -13,14 +13,14 @@ of 64 chunks spread over N) and filled as the rows are written (write_generation
 trained_ann). Queries: held-out draws around the centres of random chunks; `pick` queries
 (another seed) choose the ANN at 1M, the `test` ones are scored once at the end.
 
-Stages, each in its own process (peak RSS = its own): pick (1M only: recall vs index bytes
-for a few factories), build, open (the folder opened as the server does; the items read from
-their columns file and parsed), truth (exact full-dim top-10 by a chunked scan, cached), serve,
-calibrate (the recall table on held-out items), targets (asked vs achieved on the test
-queries), http (`python -m server` on the folder, one client then wrk's 16 connections);
-calibrate_on_queries / targets_on_queries / http_on_queries do the same with the table
-measured on query draws that are not items. The folder names a random-weight ResNet-50
-checkpoint (2048 dims) so that the server opens it.
+Stages, each in its own process (peak RSS = its own): pick (1M only: recall vs index bytes for a
+few factories), build, open (the folder opened as the server does; the items read from their
+columns file and parsed), ready (`python -m server` started on it), truth (exact full-dim top-10
+by a chunked scan, cached), serve, calibrate (the recall table on held-out items), targets
+(asked vs achieved on the test queries), http (`python -m server` on the folder, one client then
+wrk's 16 connections); calibrate_on_queries / targets_on_queries / http_on_queries do the same
+with the table measured on query draws that are not items. The folder names a random-weight
+ResNet-50 checkpoint (2048 dims) so that the server opens it.
 """
 
 from __future__ import annotations
@@ -373,16 +373,13 @@ def targets(a) -> dict:
     return {"held_out_queries": len(q), "timed_queries": a.timed, "targets": rows}
 
 
-def http(a) -> dict:
+def start_server(a) -> tuple[subprocess.Popen, str, dict]:
     """`python -m server` on the folder as a read-only replica serves it (checksums not
-    verified at open: they read all 41 GB), `recall_target` requests of the held-out queries:
-    one client in turn (latency, recall, the plan the server chose), then `--clients`
-    concurrent connections with wrk (throughput); the server's RSS."""
-    import httpx
-    from bench_server import stop_server, wait_ready, wrk_bodies
+    verified at open: they read all 41 GB), once ready: the process, its URL, how long it took
+    and its RSS then."""
+    from bench_server import wait_ready
     from common import free_port
 
-    q, t = queries(a, 1), np.load(folder_of(a).parent / f"truth-{a.n}-test.npy")
     port = free_port()
     env = {**os.environ, "MOCO_READ_ONLY": "1", "MOCO_VERIFY_INDEX": "0", "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint_of(a))]
@@ -391,12 +388,33 @@ def http(a) -> dict:
     start = time.perf_counter()
     with log.open("wb") as f:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=f)
-    url = f"http://127.0.0.1:{port}"
     out: dict = {"server": " ".join(argv[1:]), "env": "MOCO_READ_ONLY=1 MOCO_VERIFY_INDEX=0"}
+    wait_ready(proc, port, log, 900)
+    out["ready_s"] = time.perf_counter() - start
+    out["memory_ready"] = memory(proc.pid)
+    out["loadavg_ready"] = list(os.getloadavg())
+    return proc, f"http://127.0.0.1:{port}", out
+
+
+def ready(a) -> dict:
+    """Only the server's start: seconds to /readyz and its RSS then."""
+    from bench_server import stop_server
+
+    proc, _, out = start_server(a)
+    stop_server(proc)
+    return out
+
+
+def http(a) -> dict:
+    """`recall_target` requests of the held-out queries to the server (start_server): one
+    client in turn (latency, recall, the plan the server chose), then `--clients` concurrent
+    connections with wrk (throughput); the server's RSS."""
+    import httpx
+    from bench_server import stop_server, wrk_bodies
+
+    q, t = queries(a, 1), np.load(folder_of(a).parent / f"truth-{a.n}-test.npy")
+    proc, url, out = start_server(a)
     try:
-        wait_ready(proc, port, log, 900)
-        out["ready_s"] = time.perf_counter() - start
-        out["memory_ready"] = memory(proc.pid)
         bodies = [
             json.dumps({"vectors": [v.tolist()], "k": K, "recall_target": a.recall_target})
             for v in q
@@ -492,6 +510,7 @@ STAGES = {
     "truth": truth,
     "serve": serve,
     "open": opened,
+    "ready": ready,
     "calibrate": calibrated,
     "targets": targets,
     "calibrate_on_queries": lambda a: calibrated(a, held_out=True),
