@@ -32,7 +32,8 @@ ROUNDS = int(os.environ.get("MOCO_KILL_ROUNDS", "6"))
 def generation_files(index):
     manifest = json.loads((index / "manifest.json").read_text())
     live = {"manifest.json", manifest["vectors"], manifest["items"], manifest["wal"]}
-    live |= {manifest["columns"]} if manifest.get("columns") else set()
+    live |= {manifest[k] for k in ("columns", "calibration") if manifest.get(k)}
+    live |= {"thumbnails.bin", "thumbnails.jsonl"} & {p.name for p in index.iterdir()}
     return live, {p.name for p in index.iterdir()}
 
 
@@ -96,7 +97,7 @@ def test_kill_9_loop_loses_no_acknowledged_write(checkpoint, tmp_path):
     for round_ in range(ROUNDS):
         server = Server(checkpoint, index, tmp_path, MOCO_API_KEY=KEY, **env)
         live, present = generation_files(index)
-        assert present - live <= {"thumbnails.bin", "thumbnails.jsonl"}, present - live
+        assert present == live, present ^ live
         writer = threading.Thread(
             target=writes_until_killed, args=(server, round_, ledger), daemon=True
         )
