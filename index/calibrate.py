@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     manifest = read_manifest(a.folder)
     store = IndexStore(a.folder, manifest, writable=False)
-    sample = load_sample(a.folder, manifest, store.width)
-    if a.queries_file is not None:
+    if a.queries_file is None:
+        sample = load_sample(a.folder, manifest, store.width)
+    else:
         sample = np.load(a.queries_file)
         if sample.ndim != 2 or sample.shape[1] != store.width:
             raise SystemExit(
